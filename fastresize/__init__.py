@@ -1,0 +1,9 @@
+"""fastresize: multi-scale training for PyTorch, with max-size-first and a GPU batch resize."""
+
+from fastresize.counter import StepCounter
+from fastresize.policy import MultiScalePolicy
+from fastresize.scheduler import CosineAnnealingWarmbootingLR
+from fastresize.transform import BatchResize, ResizedBatch
+
+__all__ = ["BatchResize", "CosineAnnealingWarmbootingLR", "MultiScalePolicy", "ResizedBatch", "StepCounter"]
+__version__ = "0.1.0"

@@ -1,0 +1,93 @@
+"""Small argument checks shared by every public constructor.
+
+Each check raises ``TypeError`` for a wrong type and ``ValueError`` for a wrong value, and the message
+names the argument, shows the bad value and says what is expected.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+def check_int(name: str, value: Any, *, minimum: int | None = None) -> int:
+    """Return ``value`` if it is an ``int`` (not a ``bool``) no smaller than ``minimum``.
+
+    Args:
+        name: The argument's name, for the message.
+        value: The value to check.
+        minimum: The smallest allowed value, or ``None`` for no bound.
+
+    Returns:
+        The value as a plain Python ``int`` (NumPy and 0-d integer tensors are accepted).
+
+    Raises:
+        TypeError: ``value`` is not an integer.
+        ValueError: ``value`` is smaller than ``minimum``.
+    """
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise TypeError(f"{name} must be an int, got {value!r} of type {type(value).__name__}")
+    result = int(value.__index__())
+    if minimum is not None and result < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {result!r}")
+    return result
+
+
+def check_float(name: str, value: Any, *, minimum: float | None = None, maximum: float | None = None) -> float:
+    """Return ``value`` as a finite ``float`` inside ``[minimum, maximum]``.
+
+    Args:
+        name: The argument's name, for the message.
+        value: The value to check: any real number but a ``bool``.
+        minimum: The smallest allowed value, or ``None``.
+        maximum: The largest allowed value, or ``None``.
+
+    Returns:
+        The value as a plain Python ``float``.
+
+    Raises:
+        TypeError: ``value`` is not a real number.
+        ValueError: ``value`` is not finite or lies outside the bounds.
+    """
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    try:
+        result = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number, got {value!r} of type {type(value).__name__}") from None
+    if not math.isfinite(result):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if minimum is not None and result < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    if maximum is not None and result > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value!r}")
+    return result
+
+
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    """Return ``value`` if it is one of ``choices``.
+
+    Raises:
+        ValueError: ``value`` is not one of ``choices``.
+    """
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+    return str(value)
+
+
+def check_state_keys(owner: str, state: Any, keys: tuple[str, ...]) -> None:
+    """Check that a state dict given to ``owner.load_state_dict`` holds exactly ``keys``.
+
+    Raises:
+        TypeError: ``state`` is not a dict.
+        ValueError: keys are missing or unexpected.
+    """
+    if not isinstance(state, dict):
+        raise TypeError(f"{owner}.load_state_dict expects a dict, got {type(state).__name__}")
+    missing = [k for k in keys if k not in state]
+    unexpected = [k for k in state if k not in keys]
+    if missing or unexpected:
+        raise ValueError(
+            f"{owner}.load_state_dict: missing keys {missing}, unexpected keys {unexpected}; "
+            f"pass the dict that {owner}.state_dict() returned"
+        )

@@ -1,0 +1,275 @@
+import kornia.augmentation as K
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fastresize import BatchResize, MultiScalePolicy, StepCounter
+
+FLOAT_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+
+
+def _images(dtype, device, shape=(2, 3, 24, 40), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    if dtype == torch.uint8:
+        return torch.randint(0, 256, shape, generator=g, dtype=torch.uint8).to(device)
+    return torch.rand(shape, generator=g).to(device=device, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_bicubic_equals_interpolate(device, dtype):
+    x = _images(dtype, device)
+    for size in [(16, 32), (48, 64), (32, 32)]:
+        expected = F.interpolate(x, size=size, mode="bicubic", align_corners=False)
+        assert torch.equal(BatchResize(size)(x), expected)
+
+
+@pytest.mark.parametrize("dtype", [*FLOAT_DTYPES, torch.uint8])
+def test_every_dtype_gives_its_own_dtype_back(device, dtype):
+    x = _images(dtype, device)
+    out = BatchResize((32, 48))(x)
+    assert out.shape == (2, 3, 32, 48) and out.dtype == dtype and out.device == x.device
+    reference = F.interpolate(x.float(), size=(32, 48), mode="bicubic", align_corners=False)
+    if dtype == torch.uint8:
+        reference = reference.round().clamp(0, 255)
+    atol = {torch.float16: 2e-3, torch.bfloat16: 1e-2, torch.uint8: 1.0}.get(dtype, 1e-5)
+    assert torch.allclose(out.float(), reference, atol=atol)
+
+
+def test_antialias_is_pytorch_native(device):
+    x = _images(torch.float32, device, shape=(2, 3, 64, 64))
+    expected = F.interpolate(x, size=(16, 16), mode="bicubic", align_corners=False, antialias=True)
+    assert torch.equal(BatchResize(16, antialias=True)(x), expected)
+    assert not torch.equal(BatchResize(16)(x), expected)
+
+
+def test_unchanged_size_does_no_work(device):
+    x = _images(torch.float32, device, shape=(2, 3, 32, 48))
+    out = BatchResize((32, 48))(x)
+    assert out.data_ptr() == x.data_ptr() and torch.equal(out, x)
+
+
+@pytest.mark.parametrize("size", [(32, 48), (64, 64)])
+def test_output_is_detached(device, size):
+    x = _images(torch.float32, device, shape=(2, 3, 32, 48)).requires_grad_()
+    out = BatchResize(size)(x)
+    assert not out.requires_grad and out.grad_fn is None
+
+
+def test_float_output_is_clamped_to_the_declared_range(device):
+    # A hard edge makes bicubic overshoot on both sides.
+    x = torch.zeros(1, 1, 8, 8, device=device)
+    x[..., 4:] = 1.0
+    raw = BatchResize(32)(x)
+    assert raw.min() < -0.05 and raw.max() > 1.05
+    clamped = BatchResize(32, value_range=(0, 1))(x)
+    assert clamped.min() == 0.0 and clamped.max() == 1.0
+    assert torch.equal(clamped, raw.clamp(0, 1))
+
+
+def test_uint8_output_is_rounded_and_clamped(device):
+    x = torch.zeros(1, 1, 8, 8, dtype=torch.uint8, device=device)
+    x[..., 4:] = 255
+    out = BatchResize(32)(x)
+    reference = F.interpolate(x.float(), size=(32, 32), mode="bicubic", align_corners=False)
+    assert torch.equal(out, reference.round().clamp(0, 255).to(torch.uint8))
+
+
+@pytest.mark.parametrize("value_range", [(0.0, 1.0), (-1.0, 1.0)])
+def test_uint8_round_trips_through_float(device, value_range):
+    x = _images(torch.uint8, device)
+    as_float = BatchResize((24, 40), multiple=8, value_range=value_range, dtype=torch.float32)(x)
+    low, high = value_range
+    assert as_float.dtype == torch.float32 and as_float.min() >= low and as_float.max() <= high
+    assert torch.allclose(as_float, x.float() / 255 * (high - low) + low, atol=1e-6)
+    back = BatchResize((24, 40), multiple=8, value_range=value_range, dtype=torch.uint8)(as_float)
+    assert torch.equal(back, x)
+
+
+def test_uint8_to_float_resize_matches_converting_first(device):
+    x = _images(torch.uint8, device)
+    out = BatchResize((48, 80), value_range=(-1, 1), dtype=torch.float32)(x)
+    converted = x.float() / 255 * 2 - 1
+    expected = F.interpolate(converted, size=(48, 80), mode="bicubic", align_corners=False).clamp(-1, 1)
+    assert torch.allclose(out, expected, atol=1e-6)
+
+
+def test_policy_and_counter_pick_the_size():
+    policy = MultiScalePolicy(32, 96, max_first_steps=2, seed=1)
+    counter = StepCounter(steps_per_epoch=10)
+    resize = BatchResize(policy=policy, counter=counter)
+    x = torch.rand(2, 3, 50, 50)
+    for _ in range(25):
+        expected = policy.size_for(counter.absolute_step, counter.global_step)
+        assert resize(x).shape[-2:] == expected
+        assert resize(x).shape[-2:] == expected  # asked twice in a step: one size
+        counter.advance()
+    counter_0 = StepCounter(10)
+    assert BatchResize(policy=policy, counter=counter_0)(x).shape[-2:] == (96, 96)
+
+
+def test_aspect_policy_keeps_the_ratio():
+    resize = BatchResize(policy=MultiScalePolicy(64, 128, side="short"), counter=StepCounter(1))
+    assert resize(torch.rand(1, 3, 60, 90)).shape[-2:] == (128, 192)
+
+
+def test_masks_use_nearest_and_keep_labels(device):
+    labels = torch.randint(0, 5, (2, 24, 40), device=device)
+    out = BatchResize((48, 32)).resize(_images(torch.float32, device), masks=labels)
+    expected = F.interpolate(labels[:, None].float(), size=(48, 32), mode="nearest-exact")[:, 0].long()
+    assert out.masks is not None and out.masks.dtype == torch.int64 and torch.equal(out.masks, expected)
+    bool_masks = labels[:, None] > 2
+    resized = BatchResize((48, 32)).resize(_images(torch.float32, device), masks=bool_masks).masks
+    assert resized is not None and resized.dtype == torch.bool and resized.shape == (2, 1, 48, 32)
+
+
+@pytest.mark.parametrize(("h_in", "h_out"), [(512, 384), (512, 496), (300, 512), (37, 91)])
+def test_nearest_indices_match_pytorch(h_in, h_out):
+    x = torch.arange(h_in, dtype=torch.float32).view(1, 1, h_in, 1).expand(1, 1, h_in, 3)
+    out = BatchResize((h_out, 16), multiple=1).resize(torch.rand(1, 3, h_in, 3), masks=x).masks
+    assert torch.equal(out, F.interpolate(x, size=(h_out, 16), mode="nearest-exact"))
+
+
+def test_boxes_and_keypoints_follow_the_image(device):
+    # A white rectangle, its box and its corner keypoint: after a 2x / 1.5x resize the rectangle's
+    # mask must fill exactly the scaled box.
+    images = torch.zeros(1, 1, 20, 40, device=device)
+    masks = torch.zeros(1, 20, 40, dtype=torch.uint8, device=device)
+    masks[:, 4:10, 8:20] = 1
+    images[..., 4:10, 8:20] = 1.0
+    boxes = torch.tensor([[[8.0, 4.0, 20.0, 10.0]]], device=device)  # xyxy, pixel edges
+    keypoints = torch.tensor([[[8.0, 4.0]]], device=device)
+    out = BatchResize((40, 60), multiple=1).resize(images, masks=masks, boxes=boxes, keypoints=keypoints)
+    assert out.boxes is not None and out.keypoints is not None and out.masks is not None
+    assert torch.equal(out.boxes, torch.tensor([[[12.0, 8.0, 30.0, 20.0]]], device=device))
+    assert torch.equal(out.keypoints, torch.tensor([[[12.0, 8.0]]], device=device))
+    x1, y1, x2, y2 = (int(v) for v in out.boxes[0, 0])
+    assert out.masks[0, y1:y2, x1:x2].all() and out.masks.sum() == (x2 - x1) * (y2 - y1)
+    assert out.images[0, 0, y1 + 1 : y2 - 1, x1 + 1 : x2 - 1].min() > 0.9
+
+
+def test_per_image_box_lists_and_integer_boxes():
+    boxes = [torch.tensor([[0, 0, 10, 10]]), torch.zeros(0, 4, dtype=torch.int64)]
+    out = BatchResize((20, 40), multiple=1).resize(torch.rand(2, 3, 10, 10), boxes=boxes).boxes
+    assert isinstance(out, list) and out[0].dtype == torch.float32
+    assert torch.equal(out[0], torch.tensor([[0.0, 0.0, 40.0, 20.0]])) and out[1].shape == (0, 4)
+
+
+@pytest.mark.parametrize("keys", [["input"], ["input", "mask"], ["input", "mask", "bbox_xyxy", "keypoints"]], ids=len)
+def test_composes_with_kornia_augmentation_sequential(keys):
+    resize = BatchResize((48, 64))
+    images = torch.rand(2, 3, 24, 32)
+    masks = (torch.rand(2, 1, 24, 32) > 0.5).float()
+    boxes = torch.tensor([[[2.0, 4.0, 10.0, 12.0]], [[0.0, 0.0, 32.0, 24.0]]])
+    keypoints = torch.tensor([[[3.0, 5.0]], [[30.0, 1.0]]])
+    inputs = {"input": images, "mask": masks, "bbox_xyxy": boxes, "keypoints": keypoints}
+    outputs = K.AugmentationSequential(resize, data_keys=keys)(*[inputs[k] for k in keys])
+    outputs = outputs if isinstance(outputs, list) else [outputs]
+    direct = resize.resize(images, masks=masks, boxes=boxes, keypoints=keypoints)
+    expected = {"input": direct.images, "mask": direct.masks, "bbox_xyxy": direct.boxes, "keypoints": direct.keypoints}
+    for key, out in zip(keys, outputs, strict=True):
+        assert torch.allclose(out, expected[key], atol=1e-5), key
+
+
+def test_composes_after_a_kornia_flip():
+    pipeline = K.AugmentationSequential(K.RandomHorizontalFlip(p=1.0), BatchResize(32), data_keys=["input", "mask"])
+    images, masks = torch.rand(2, 3, 16, 16), (torch.rand(2, 1, 16, 16) > 0.5).float()
+    out_images, out_masks = pipeline(images, masks)
+    expected = BatchResize(32).resize(images.flip(-1), masks=masks.flip(-1))
+    assert torch.allclose(out_images, expected.images, atol=1e-6) and torch.equal(out_masks, expected.masks)
+
+
+def test_latent_diffusion_dict_batch(device):
+    images = torch.rand(2, 24, 40, 3, device=device) * 2 - 1  # NHWC in [-1, 1]
+    batch = {"image": images, "caption": ["a", "b"], "mask": torch.ones(2, 24, 40, device=device)}
+    resize = BatchResize((48, 64), layout="NHWC", value_range=(-1, 1), mask_key="mask")
+    out = resize(batch)
+    assert out["image"].shape == (2, 48, 64, 3) and out["caption"] is batch["caption"]
+    assert out["mask"].shape == (2, 48, 64) and set(batch) == set(out)
+    expected = F.interpolate(images.permute(0, 3, 1, 2), size=(48, 64), mode="bicubic", align_corners=False)
+    assert torch.allclose(out["image"], expected.clamp(-1, 1).permute(0, 2, 3, 1), atol=1e-6)
+    assert batch["image"] is images  # the caller's dict is untouched
+
+
+def test_dict_batch_with_another_key():
+    out = BatchResize(32, image_key="jpg")({"jpg": torch.rand(1, 3, 16, 16), "txt": "x"})
+    assert out["jpg"].shape == (1, 3, 32, 32)
+    with pytest.raises(ValueError, match=r"the batch has no entry 'image' for the images \(it has \['jpg'\]\); set"):
+        BatchResize(32)({"jpg": torch.rand(1, 3, 16, 16)})
+
+
+def test_tuple_batches():
+    images, labels, masks = torch.rand(2, 3, 16, 16), torch.tensor([3, 4]), torch.zeros(2, 16, 16)
+    out = BatchResize(32, mask_key=2)((images, labels, masks))
+    assert isinstance(out, tuple) and out[1] is labels
+    assert out[0].shape == (2, 3, 32, 32) and out[2].shape == (2, 32, 32)
+    assert isinstance(BatchResize(32)([images, labels]), list)
+    with pytest.raises(TypeError, match=r"image_key='image' does not fit a tuple batch: a tuple/list batch needs int"):
+        BatchResize(32, image_key="image")((images,))
+    with pytest.raises(ValueError, match=r"the batch has no entry 3 for the masks \(it has 2 entries\)"):
+        BatchResize(32, mask_key=3)((images, labels))
+    with pytest.raises(TypeError, match=r"mask_key must be a dict key \(str\), a tuple index \(int >= 0\) or None"):
+        BatchResize(32, mask_key=-1)
+
+
+def test_empty_batch():
+    assert BatchResize(32)(torch.rand(0, 3, 16, 16)).shape == (0, 3, 32, 32)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({}, ValueError, r"needs exactly one of size=... \(a fixed size\) or policy=..."),
+        ({"size": 30}, ValueError, r"size must be a multiple of multiple=16, got 30"),
+        ({"size": (32, 40)}, ValueError, r"size must be a multiple of multiple=16, got \(32, 40\)"),
+        ({"size": (32, 32, 32)}, ValueError, r"size must be an int or a \(height, width\) pair"),
+        ({"size": 0}, ValueError, r"size must be an int >= 1, got 0"),
+        ({"size": 32.0}, TypeError, r"size must be an int, got 32.0"),
+        ({"policy": MultiScalePolicy(32, 64)}, TypeError, r"policy=... needs counter=StepCounter"),
+        ({"size": 32, "counter": StepCounter(1)}, ValueError, r"counter=... is only used with policy"),
+        ({"policy": (32, 64), "counter": StepCounter(1)}, TypeError, r"policy must be a MultiScalePolicy"),
+        ({"size": 32, "value_range": (1, 0)}, ValueError, r"value_range must have low < high, got \(1, 0\)"),
+        ({"size": 32, "value_range": 1}, ValueError, r"value_range must be a \(low, high\) pair, got 1"),
+        ({"size": 32, "dtype": torch.int32}, TypeError, r"dtype must be one of .* got torch.int32"),
+        ({"size": 32, "layout": "CHW"}, ValueError, r"layout must be one of 'NCHW', 'NHWC'; got 'CHW'"),
+        ({"size": 32, "antialias": 1}, TypeError, r"antialias must be a bool, got 1"),
+    ],
+)
+def test_bad_construction(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        BatchResize(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("images", "kwargs", "error", "match"),
+    [
+        ([[1.0]], {}, TypeError, r"images must be a torch.Tensor, got list"),
+        (torch.rand(3, 16, 16), {}, ValueError, r"images must be a 4-D NCHW batch, got shape \(3, 16, 16\)"),
+        (torch.zeros(1, 3, 16, 16, dtype=torch.int32), {}, TypeError, r"images must have a dtype in .* torch.int32"),
+        (
+            torch.zeros(1, 3, 8, 8, dtype=torch.uint8),
+            {"dtype": torch.float32},
+            ValueError,
+            r"converting torch.uint8 to torch.float32 needs value_range=\(low, high\)",
+        ),
+    ],
+)
+def test_bad_images(images, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        BatchResize(32, **kwargs)(images)
+
+
+def test_bad_targets():
+    resize = BatchResize(32)
+    images = torch.rand(2, 3, 16, 16)
+    with pytest.raises(ValueError, match=r"masks must have the images' height and width \(16, 16\)"):
+        resize.resize(images, masks=torch.zeros(2, 8, 8))
+    with pytest.raises(ValueError, match=r"masks must be \(B, H, W\) or \(B, C, H, W\), got shape \(16, 16\)"):
+        resize.resize(images, masks=torch.zeros(16, 16))
+    with pytest.raises(TypeError, match=r"masks must be a torch.Tensor, got list"):
+        resize.resize(images, masks=[[0]])
+    with pytest.raises(ValueError, match=r"boxes must have a last dimension of 4, got shape \(2, 1, 2\)"):
+        resize.resize(images, boxes=torch.zeros(2, 1, 2))
+    with pytest.raises(ValueError, match=r"keypoints\[1\] must have a last dimension of 2"):
+        resize.resize(images, keypoints=[torch.zeros(1, 2), torch.zeros(1, 3)])
+    with pytest.raises(TypeError, match=r"boxes must be a tensor or a list of tensors, got str"):
+        resize.resize(images, boxes="0 0 1 1")
