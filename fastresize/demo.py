@@ -1,0 +1,227 @@
+"""The main job: train a small conv autoencoder with multi-scale batches through a wrapped DataLoader."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from fastresize._checks import check_int
+from fastresize.counter import StepCounter
+from fastresize.loader import ResizeCollate, wrap
+from fastresize.scheduler import CosineAnnealingWarmbootingLR
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+
+
+class SyntheticImages(Dataset[torch.Tensor]):
+    """Deterministic uint8 CHW images: a colour gradient with a bright rectangle and a disc.
+
+    Args:
+        count: Number of images.
+        size: Side length of every image.
+    """
+
+    def __init__(self, count: int = 64, size: int = 128) -> None:
+        self.count, self.size = count, size
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        if not 0 <= index < self.count:
+            raise IndexError(f"index {index} is out of range for {self.count} images")
+        g = torch.Generator().manual_seed(index)
+        ramp = torch.linspace(0, 1, self.size)
+        colours = torch.rand(2, 3, 1, 1, generator=g)
+        image = colours[0] * ramp.view(1, -1, 1) + colours[1] * ramp.view(1, 1, -1)
+        y0, x0 = (torch.randint(0, self.size // 2, (2,), generator=g)).tolist()
+        image[:, y0 : y0 + self.size // 3, x0 : x0 + self.size // 4] = torch.rand(3, 1, 1, generator=g)
+        yy, xx = torch.meshgrid(torch.arange(self.size), torch.arange(self.size), indexing="ij")
+        cy, cx = torch.randint(self.size // 4, 3 * self.size // 4, (2,), generator=g).tolist()
+        image[:, (yy - cy) ** 2 + (xx - cx) ** 2 < (self.size // 6) ** 2] = torch.rand(3, 1, generator=g)
+        return (image.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+class ImageFolder(Dataset[torch.Tensor]):
+    """The images of a folder (recursively), decoded with Pillow to uint8 CHW squares of ``size``.
+
+    Args:
+        root: The folder.
+        size: The side length workers hand over (short side resized, then centre-cropped).
+    """
+
+    def __init__(self, root: str | Path, size: int) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise ValueError(f"--data must be a folder of images, got {str(root)!r}")
+        self.files = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not self.files:
+            raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {str(root)!r}")
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        try:
+            from PIL import Image
+        except ImportError as error:  # pragma: no cover - depends on the environment
+            raise ImportError("--data needs Pillow: pip install 'fastresize[data]'") from error
+        with Image.open(self.files[index]) as opened:
+            image = opened.convert("RGB")
+        scale = self.size / min(image.size)
+        width, height = max(self.size, round(image.width * scale)), max(self.size, round(image.height * scale))
+        image = image.resize((width, height), Image.Resampling.BICUBIC)
+        left, top = (width - self.size) // 2, (height - self.size) // 2
+        image = image.crop((left, top, left + self.size, top + self.size))
+        return torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(self.size, self.size, 3)
+
+
+class ConvAutoencoder(nn.Module):
+    """A small conv autoencoder (downsamples by 4): any side that is a multiple of 16 round-trips."""
+
+    def __init__(self, width: int = 16) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(
+            nn.Conv2d(3, width, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1),
+            nn.ReLU(),
+        )
+        self.decoder = nn.Sequential(
+            nn.ConvTranspose2d(2 * width, width, 4, stride=2, padding=1),
+            nn.ReLU(),
+            nn.ConvTranspose2d(width, 3, 4, stride=2, padding=1),
+            nn.Tanh(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x))  # type: ignore[no-any-return]
+
+
+@dataclass
+class StepRecord:
+    """What one training step saw."""
+
+    step: int
+    epoch: int
+    size: tuple[int, int]
+    lr: float
+    loss: float
+    images_per_second: float
+
+
+def run_demo(
+    steps: int = 48,
+    batch_size: int = 8,
+    workers: int = 2,
+    lower: int = 64,
+    upper: int = 128,
+    image_size: int = 128,
+    images: int = 64,
+    lr: float = 2e-3,
+    seed: int = 0,
+    device: str | None = None,
+    data: str | None = None,
+    progress: bool = True,
+) -> list[StepRecord]:
+    """Train the autoencoder for ``steps`` steps and return what every step saw.
+
+    Workers hand over uint8 NHWC (``--data``) or NCHW (synthetic) batches; the wrapped loader moves
+    them to the device, converts them to float in ``[-1, 1]`` and resizes them to the policy's size;
+    the warmboot scheduler is driven by the loader.
+    """
+    check_int("steps", steps, minimum=1)
+    check_int("image_size", image_size, minimum=1)
+    torch.manual_seed(seed)
+    dataset: Dataset[torch.Tensor]
+    if data is not None:
+        dataset, layout = ImageFolder(data, image_size), "NHWC"
+    else:
+        dataset, layout = SyntheticImages(images, image_size), "NCHW"
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        collate_fn=ResizeCollate(layout=layout),
+        generator=torch.Generator().manual_seed(seed),
+    )
+    steps_per_epoch = len(loader)
+    epochs = max(2, math.ceil(steps / steps_per_epoch))
+    model = ConvAutoencoder()
+    counter = StepCounter(steps_per_epoch)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    scheduler = CosineAnnealingWarmbootingLR(
+        optimizer, epochs, steps=[max(2, epochs // 2)] if epochs > 3 else [], warmup_epoch=1, counter=counter
+    )
+    wrapped = wrap(
+        loader, lower, upper, device=device, seed=seed, scheduler=scheduler, value_range=(-1, 1), dtype=torch.float32
+    )
+    model.to(wrapped.device)
+    records: list[StepRecord] = []
+    bar = tqdm(total=steps, disable=not progress, unit="step", dynamic_ncols=True)
+    while len(records) < steps:
+        start = time.perf_counter()
+        for batch in wrapped:
+            current_lr = optimizer.param_groups[0]["lr"]
+            loss = nn.functional.mse_loss(model(batch), batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            optimizer.step()
+            elapsed = time.perf_counter() - start
+            record = StepRecord(
+                len(records),
+                len(records) // steps_per_epoch,
+                tuple(batch.shape[-2:]),
+                current_lr,
+                loss.item(),
+                batch.shape[0] / elapsed,
+            )
+            records.append(record)
+            bar.set_postfix(
+                size=f"{record.size[0]}x{record.size[1]}",
+                lr=f"{record.lr:.2e}",
+                loss=f"{record.loss:.4f}",
+                img_s=f"{record.images_per_second:.0f}",
+            )
+            bar.update(1)
+            if len(records) == steps:
+                break
+            start = time.perf_counter()
+    bar.close()
+    return records
+
+
+def print_table(records: list[StepRecord], device: str, file: TextIO) -> None:
+    """Print one row per step: its size, learning rate, loss and throughput."""
+    print(f"device: {device}", file=file)
+    print(f"{'step':>5} {'epoch':>5} {'size':>9} {'lr':>10} {'loss':>8} {'img/s':>8}", file=file)
+    for r in records:
+        size = f"{r.size[0]}x{r.size[1]}"
+        print(f"{r.step:>5} {r.epoch:>5} {size:>9} {r.lr:>10.3e} {r.loss:>8.4f} {r.images_per_second:>8.1f}", file=file)
+
+
+def add_arguments(parser: Any) -> None:
+    """Declare the demo's command-line options on an ``argparse`` parser."""
+    parser.add_argument("--steps", type=int, default=48, help="training steps (default: 48)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers (default: 2)")
+    parser.add_argument("--lower", type=int, default=64, help="smallest training size (default: 64)")
+    parser.add_argument("--upper", type=int, default=128, help="largest training size (default: 128)")
+    parser.add_argument("--image-size", type=int, default=128, help="size the workers hand over (default: 128)")
+    parser.add_argument("--images", type=int, default=64, help="synthetic images (default: 64)")
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    parser.add_argument("--data", default=None, help="train on this folder of images instead of synthetic ones")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")

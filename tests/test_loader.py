@@ -1,0 +1,348 @@
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, TensorDataset
+
+from fastresize import (
+    BatchResize,
+    CosineAnnealingWarmbootingLR,
+    MultiScalePolicy,
+    ResizeCollate,
+    ResizeLoader,
+    StepCounter,
+    wrap,
+)
+from tests.conftest import assert_round_trip
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class DictImages(Dataset):
+    """uint8 NHWC images with a mask, per-image boxes and a caption (module level: picklable for spawn)."""
+
+    def __init__(self, n=10, size=24):
+        self.n, self.size = n, size
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        g = torch.Generator().manual_seed(i)
+        image = torch.randint(0, 256, (self.size, self.size, 3), generator=g, dtype=torch.uint8)
+        return {
+            "image": image,
+            "mask": torch.full((self.size, self.size), i % 3, dtype=torch.int64),
+            "boxes": torch.tensor([[0.0, 0.0, 4.0, 4.0]] * (i % 3 + 1)),
+            "caption": f"image {i}",
+        }
+
+
+class Stream(IterableDataset):
+    def __iter__(self):
+        for i in range(7):
+            yield torch.full((3, 16, 16), i, dtype=torch.uint8)
+
+
+class Mixed(Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        return torch.zeros(3, 16 + 8 * i, 16, dtype=torch.uint8)
+
+
+class Listy(Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        return ([[1, 2], [3, 4]], i)
+
+
+def _tensor_data(n=10, size=24):
+    return TensorDataset(torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8), torch.arange(n))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_tuple_batches_get_the_policy_sizes(workers):
+    policy = MultiScalePolicy(16, 64, max_first_steps=2, seed=3)
+    counter = StepCounter(steps_per_epoch=3)
+    loader = DataLoader(_tensor_data(), batch_size=4, num_workers=workers, collate_fn=ResizeCollate())
+    wrapped = ResizeLoader(loader, BatchResize(policy=policy, counter=counter), device="cpu")
+    seen = []
+    for _ in range(2):
+        for images, labels in wrapped:
+            seen.append((tuple(images.shape), labels.tolist()))
+    expected_sizes = [policy.size_for(s, s) for s in range(6)]
+    assert [shape[2:] for shape, _ in seen] == expected_sizes
+    assert [shape[0] for shape, _ in seen] == [4, 4, 2] * 2  # the last batch is smaller
+    assert seen[0][1] == [0, 1, 2, 3] and seen[0][0][2:] == (64, 64)  # max size first
+    assert (counter.epoch, counter.batch) == (2, 0)
+
+
+@pytest.mark.parametrize(
+    ("workers", "persistent", "context"), [(0, False, None), (2, True, None), (2, False, "spawn")], ids=str
+)
+def test_dict_batches_with_targets(workers, persistent, context):
+    collate = ResizeCollate(layout="NHWC", mask_key="mask", boxes_key="boxes")
+    loader = DataLoader(
+        DictImages(),
+        batch_size=4,
+        num_workers=workers,
+        persistent_workers=persistent,
+        multiprocessing_context=context,
+        collate_fn=collate,
+        pin_memory=False,
+    )
+    transform = BatchResize(48, value_range=(0, 1), dtype=torch.float32, mask_key="mask", boxes_key="boxes")
+    batches = list(ResizeLoader(loader, transform, device="cpu"))
+    first = batches[0]
+    assert first["image"].shape == (4, 3, 48, 48) and first["image"].dtype == torch.float32
+    assert first["mask"].shape == (4, 48, 48) and first["mask"].dtype == torch.int64
+    assert [b.tolist() for b in first["boxes"]][2] == [[0.0, 0.0, 8.0, 8.0]] * 3  # 24 -> 48 doubles them
+    assert first["caption"] == ["image 0", "image 1", "image 2", "image 3"]
+    assert [len(b["caption"]) for b in batches] == [4, 4, 2]
+
+
+def test_collate_hands_over_contiguous_uint8_nchw():
+    samples = [DictImages()[i] for i in range(3)]
+    with pytest.raises(ValueError, match=r"must be declared with boxes_key=... or keypoints_key=..."):
+        ResizeCollate(layout="NHWC")(samples)
+    batch = ResizeCollate(layout="NHWC", boxes_key="boxes")(samples)
+    assert batch["image"].shape == (3, 3, 24, 24) and batch["image"].is_contiguous()
+    assert batch["image"].dtype == torch.uint8
+    assert torch.equal(batch["image"][1], samples[1]["image"].permute(2, 0, 1))
+    assert batch["mask"].shape == (3, 24, 24)  # undeclared: collated, untouched
+    assert [b.shape[0] for b in batch["boxes"]] == [1, 2, 3]  # declared: one tensor per image
+
+
+def test_collate_is_picklable():
+    import pickle
+
+    collate = pickle.loads(pickle.dumps(ResizeCollate(layout="NHWC", boxes_key="boxes")))
+    assert collate([DictImages()[0]])["image"].shape == (1, 3, 24, 24)
+
+
+def test_iterable_dataset_needs_steps_per_epoch():
+    loader = DataLoader(Stream(), batch_size=2, collate_fn=ResizeCollate())
+    with pytest.raises(ValueError, match=r"an IterableDataset has no len\(\); pass steps_per_epoch=..."):
+        ResizeLoader(loader, BatchResize(32), device="cpu")
+    wrapped = ResizeLoader(loader, BatchResize(32), device="cpu", steps_per_epoch=3)
+    assert len(wrapped) == 3
+    assert [b[:, 0, 0, 0].tolist() for b in wrapped] == [[0, 1], [2, 3], [4, 5]]
+    too_long = ResizeLoader(loader, BatchResize(32), device="cpu", steps_per_epoch=5)
+    with pytest.raises(RuntimeError, match=r"the loader ran out after 4 of 5 batches"):
+        list(too_long)
+
+
+def test_a_broken_off_epoch_is_finished_by_the_next_iteration():
+    counter = StepCounter(3)
+    wrapped = ResizeLoader(
+        DataLoader(_tensor_data(), batch_size=4), BatchResize(policy=MultiScalePolicy(16, 32), counter=counter)
+    )
+    for _ in wrapped:
+        break
+    assert len(list(wrapped)) == 2 and (counter.epoch, counter.batch) == (1, 0)
+
+
+def test_drives_the_scheduler_in_the_original_call_order():
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    reference_opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    config = {"epochs": 4, "steps": [2], "batchs": 3, "warmup_epoch": 1}
+    scheduler = CosineAnnealingWarmbootingLR(optimizer, **config)
+    reference = CosineAnnealingWarmbootingLR(reference_opt, **config)
+    wrapped = wrap(DataLoader(_tensor_data(), batch_size=4), 16, 32, device="cpu", scheduler=scheduler)
+    seen, expected = [], []
+    for _ in range(4):
+        for _ in wrapped:
+            seen.append(optimizer.param_groups[0]["lr"])
+        for _ in range(3):
+            reference.step_batch()
+            expected.append(reference_opt.param_groups[0]["lr"])
+        reference.step()
+    assert seen == expected and len(set(seen)) == 5  # 3 warmup values, then one per epoch
+
+
+def test_counter_driven_scheduler_shares_the_counter():
+    counter = StepCounter(3)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    scheduler = CosineAnnealingWarmbootingLR(optimizer, epochs=4, warmup_epoch=1, counter=counter)
+    wrapped = wrap(DataLoader(_tensor_data(), batch_size=4), 16, 32, device="cpu", scheduler=scheduler)
+    assert wrapped.counter is counter and wrapped.transform.counter is counter
+    lrs = []
+    for _ in range(2):
+        for _ in wrapped:
+            lrs.append(optimizer.param_groups[0]["lr"])
+    assert lrs == [scheduler.lr_at(e, b)[0] for e in range(2) for b in range(3)]
+    with pytest.raises(ValueError, match=r"must share one StepCounter"):
+        ResizeLoader(
+            wrapped.loader, BatchResize(policy=MultiScalePolicy(16, 32), counter=StepCounter(3)), None, "cpu", scheduler
+        )
+
+
+def test_pass_through_and_set_epoch():
+    data = _tensor_data()
+    sampler = DistributedSampler(data, num_replicas=2, rank=0, shuffle=True, seed=1)
+    loader = DataLoader(data, batch_size=2, sampler=sampler)
+    wrapped = wrap(loader, 16, 32, device="cpu")
+    assert len(wrapped) == len(loader) == 3
+    assert wrapped.dataset is data and wrapped.sampler is sampler and wrapped.batch_sampler is loader.batch_sampler
+    wrapped.set_epoch(7)
+    assert sampler.epoch == 7
+    for _ in range(4):
+        list(wrapped)
+    assert sampler.epoch == 3  # each iteration sets the counter's epoch
+
+
+def test_pin_memory_loader():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "pin_memory without an accelerator" on CPU-only machines
+        loader = DataLoader(_tensor_data(), batch_size=5, pin_memory=True, collate_fn=ResizeCollate())
+        assert [b[0].shape for b in wrap(loader, 32, 32, device="cpu")] == [(5, 3, 32, 32)] * 2
+
+
+def test_bad_inputs():
+    transform = BatchResize(32)
+    with pytest.raises(ValueError, match=r"device='cuda' was asked for, but CUDA is not available"):
+        if torch.cuda.is_available():
+            pytest.skip("CUDA is available here")
+        ResizeLoader([torch.zeros(1, 3, 8, 8)], transform, device="cuda")
+    with pytest.raises(ValueError, match=r"device must be a torch device such as 'cuda' or 'cpu', got 'gpu0'"):
+        ResizeLoader([torch.zeros(1, 3, 8, 8)], transform, device="gpu0")
+    with pytest.raises(TypeError, match=r"loader must be an iterable of batches \(a DataLoader\), got int"):
+        ResizeLoader(3, transform)
+    with pytest.raises(TypeError, match=r"transform must be a BatchResize, got function"):
+        ResizeLoader([], lambda x: x)
+    with pytest.raises(ValueError, match=r"the images of one batch must share a shape to be stacked, got shapes"):
+        list(ResizeLoader(DataLoader(Mixed(), batch_size=2, collate_fn=ResizeCollate()), transform, device="cpu"))
+    with pytest.raises(TypeError, match=r"the images must collate into a torch.Tensor, got list"):
+        list(ResizeLoader(DataLoader(Listy(), batch_size=2, collate_fn=ResizeCollate()), transform, device="cpu"))
+    with pytest.raises(TypeError, match=r"images must be a torch.Tensor, got list"):
+        list(ResizeLoader(DataLoader(Listy(), batch_size=2), transform, device="cpu"))
+    with pytest.raises(ValueError, match=r"steps_per_epoch=4 disagrees with len\(loader\)=3"):
+        ResizeLoader(DataLoader(_tensor_data(), batch_size=4), transform, device="cpu", steps_per_epoch=4)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    scheduler = CosineAnnealingWarmbootingLR(optimizer, epochs=3, batchs=5, warmup_epoch=1)
+    with pytest.raises(ValueError, match=r"the scheduler's batchs=5 disagrees with the loader's 3 batches per epoch"):
+        ResizeLoader(DataLoader(_tensor_data(), batch_size=4), transform, device="cpu", scheduler=scheduler)
+    with pytest.raises(TypeError, match=r"collate_fn must be callable or None, got 3"):
+        ResizeCollate(3)
+
+
+class _Wrapped:
+    """A loader with a multi-scale policy and a warmboot scheduler, built the same way every time."""
+
+    def __init__(self):
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+        self.scheduler = CosineAnnealingWarmbootingLR(optimizer, epochs=5, steps=[3], batchs=3, warmup_epoch=1)
+        loader = DataLoader(_tensor_data(), batch_size=4)
+        self.loader = wrap(loader, 16, 64, device="cpu", scheduler=self.scheduler, max_first_steps=2, seed=9)
+
+    def state_dict(self):
+        return self.loader.state_dict()
+
+    def load_state_dict(self, state):
+        self.loader.load_state_dict(state)
+
+
+def _epochs(wrapped, n):
+    return [
+        (tuple(images.shape[2:]), wrapped.scheduler.get_last_lr()) for _ in range(n) for images, _ in wrapped.loader
+    ]
+
+
+def test_state_round_trip():
+    original = _Wrapped()
+    _epochs(original, 2)
+    assert original.state_dict()["counter"] == {"steps_per_epoch": 3, "epoch": 2, "batch": 0}
+    # After a reload the first two sizes are the max size again (a new process); the rest continue.
+    assert_round_trip(_Wrapped, lambda w, n: _epochs(w, n)[2:], before=2, after=2)
+
+
+def test_resume_in_a_second_process(tmp_path):
+    script = textwrap.dedent(
+        """
+        import json, sys, torch
+        from tests.test_loader import _Wrapped, _epochs
+        mode, path = sys.argv[1], sys.argv[2]
+        run = _Wrapped()
+        if mode == "resume":
+            run.load_state_dict(json.load(open(path + ".state")))
+            print(json.dumps(_epochs(run, 2)))
+        else:
+            first = _epochs(run, 2)
+            json.dump(run.state_dict(), open(path + ".state", "w"))
+            print(json.dumps(first + _epochs(run, 2)))
+        """
+    )
+    path = str(tmp_path / "run")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def launch(mode):
+        done = subprocess.run([sys.executable, "-c", script, mode, path], capture_output=True, text=True, env=env)
+        assert done.returncode == 0, done.stderr
+        return [(tuple(size), lr) for size, lr in json.loads(done.stdout)]
+
+    uninterrupted = launch("full")
+    resumed = launch("resume")
+    assert resumed[:2] == [((64, 64), uninterrupted[6 + i][1]) for i in range(2)]  # max-size-first again
+    assert resumed[2:] == uninterrupted[8:]  # then the same sizes and learning rates
+    assert [lr for _, lr in resumed] == [lr for _, lr in uninterrupted[6:]]
+
+
+def test_two_rank_ddp_gets_the_same_sizes(tmp_path):
+    out = tmp_path / "sizes.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node=2",
+            str(ROOT / "tests" / "ddp_worker.py"),
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    ranks = json.loads(out.read_text())
+    assert len(ranks) == 2 and len(ranks[0]["sizes"]) == 8
+    assert ranks[0]["sizes"] == ranks[1]["sizes"]
+    assert len(set(map(tuple, ranks[0]["sizes"]))) > 1  # multi-scale, not one size
+    assert ranks[0]["indices"] != ranks[1]["indices"]  # the sampler split the data
+    assert ranks[0]["weights"] == pytest.approx(ranks[1]["weights"])  # DDP kept the replicas in sync
+
+
+@pytest.mark.cuda
+def test_cuda_prefetch_path():
+    data = DictImages(n=12, size=64)
+    loader = DataLoader(
+        data, batch_size=4, num_workers=2, pin_memory=True, collate_fn=ResizeCollate(layout="NHWC", boxes_key="boxes")
+    )
+    counter = StepCounter(3)
+    transform = BatchResize(
+        policy=MultiScalePolicy(32, 96, seed=1),
+        counter=counter,
+        value_range=(0, 1),
+        dtype=torch.float16,
+        boxes_key="boxes",
+    )
+    wrapped = ResizeLoader(loader, transform, device="cuda")
+    for batch, index in zip(wrapped, range(3), strict=True):
+        expected_size = transform.policy.size_for(index, index)
+        assert batch["image"].is_cuda and batch["image"].dtype == torch.float16
+        assert tuple(batch["image"].shape[2:]) == expected_size
+        assert batch["boxes"][0].is_cuda
+        cpu = ResizeCollate(layout="NHWC")([data[i] for i in range(index * 4, index * 4 + 4)])["image"]
+        reference = BatchResize(expected_size, value_range=(0, 1), dtype=torch.float32)(cpu.cuda())
+        assert torch.allclose(batch["image"].float(), reference, atol=2e-3)
