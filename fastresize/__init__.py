@@ -2,6 +2,7 @@
 
 from fastresize.counter import StepCounter
 from fastresize.loader import ResizeCollate, ResizeLoader, wrap
+from fastresize.memory import MemoryProfiler
 from fastresize.policy import MultiScalePolicy
 from fastresize.scheduler import CosineAnnealingWarmbootingLR
 from fastresize.transform import BatchResize, ResizedBatch
@@ -9,6 +10,7 @@ from fastresize.transform import BatchResize, ResizedBatch
 __all__ = [
     "BatchResize",
     "CosineAnnealingWarmbootingLR",
+    "MemoryProfiler",
     "MultiScalePolicy",
     "ResizeCollate",
     "ResizeLoader",

@@ -234,7 +234,10 @@ class ResizeLoader:
                 steps_per_epoch = length
         steps = check_int("steps_per_epoch", steps_per_epoch, minimum=1)
         if length is not None and length != steps:
-            raise ValueError(f"steps_per_epoch={steps} disagrees with len(loader)={length}")
+            source = (
+                "steps_per_epoch" if counter is None or steps != counter.steps_per_epoch else "counter.steps_per_epoch"
+            )
+            raise ValueError(f"{source}={steps} disagrees with len(loader)={length}")
         return steps
 
     def _resolve_counter(self, counter: StepCounter | None) -> StepCounter:
@@ -304,24 +307,30 @@ class ResizeLoader:
                 return _move(_pin(raw), self.device, stream)
 
         upcoming = fetch()
-        for index in range(remaining):
-            if upcoming is None:
-                raise RuntimeError(
-                    f"the loader ran out after {index} of {remaining} batches; steps_per_epoch="
-                    f"{self.steps_per_epoch} must not exceed the batches the loader yields per epoch"
-                )
-            batch = upcoming
-            if stream is not None:
-                torch.cuda.current_stream(self.device).wait_stream(stream)
-                _record(batch, torch.cuda.current_stream(self.device))
-            upcoming = fetch() if index + 1 < remaining else None
-            if self.scheduler is not None:
-                self.scheduler.step_batch()
-            batch = self.transform(batch)
-            self.counter.advance()
-            yield batch
-        if self.scheduler is not None:
-            self.scheduler.step()
+        epoch_delivered = False
+        try:
+            for index in range(remaining):
+                if upcoming is None:
+                    raise RuntimeError(
+                        f"the loader ran out after {index} of {remaining} batches; steps_per_epoch="
+                        f"{self.steps_per_epoch} must not exceed the batches the loader yields per epoch"
+                    )
+                batch = upcoming
+                if stream is not None:
+                    torch.cuda.current_stream(self.device).wait_stream(stream)
+                    _record(batch, torch.cuda.current_stream(self.device))
+                upcoming = fetch() if index + 1 < remaining else None
+                if self.scheduler is not None:
+                    self.scheduler.step_batch()
+                batch = self.transform(batch)
+                self.counter.advance()
+                epoch_delivered = index + 1 == remaining
+                yield batch
+        finally:
+            # Also when the loop leaves right after the epoch's last batch (break, return): the
+            # epoch is complete, so the scheduler must see its end.
+            if epoch_delivered and self.scheduler is not None:
+                self.scheduler.step()
 
     # ----------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:

@@ -170,6 +170,19 @@ def test_drives_the_scheduler_in_the_original_call_order():
     assert seen == expected and len(set(seen)) == 5  # 3 warmup values, then one per epoch
 
 
+def test_leaving_after_the_last_batch_still_ends_the_epoch():
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    scheduler = CosineAnnealingWarmbootingLR(optimizer, epochs=4, steps=[2])
+    wrapped = wrap(DataLoader(_tensor_data(), batch_size=4), 16, 32, device="cpu", scheduler=scheduler)
+    for index, _ in enumerate(wrapped):
+        if index == 2:
+            break  # the epoch's last batch
+    assert scheduler.last_epoch == 1
+    for _ in wrapped:
+        break  # not the last batch: the epoch goes on
+    assert scheduler.last_epoch == 1
+
+
 def test_counter_driven_scheduler_shares_the_counter():
     counter = StepCounter(3)
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
@@ -228,6 +241,9 @@ def test_bad_inputs():
         list(ResizeLoader(DataLoader(Listy(), batch_size=2), transform, device="cpu"))
     with pytest.raises(ValueError, match=r"steps_per_epoch=4 disagrees with len\(loader\)=3"):
         ResizeLoader(DataLoader(_tensor_data(), batch_size=4), transform, device="cpu", steps_per_epoch=4)
+    with pytest.raises(ValueError, match=r"counter.steps_per_epoch=4 disagrees with len\(loader\)=3"):
+        counted = BatchResize(policy=MultiScalePolicy(16, 32), counter=StepCounter(4))
+        ResizeLoader(DataLoader(_tensor_data(), batch_size=4), counted, device="cpu")
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
     scheduler = CosineAnnealingWarmbootingLR(optimizer, epochs=3, batchs=5, warmup_epoch=1)
     with pytest.raises(ValueError, match=r"the scheduler's batchs=5 disagrees with the loader's 3 batches per epoch"):
