@@ -6,49 +6,27 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from fastresize import demo, verify
 
 
-def _demo(args: argparse.Namespace) -> None:
+def _demo(options: dict[str, Any]) -> None:
     import torch
 
-    records = demo.run_demo(
-        steps=args.steps,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        lower=args.lower,
-        upper=args.upper,
-        image_size=args.image_size,
-        images=args.images,
-        lr=args.lr,
-        seed=args.seed,
-        device=args.device,
-        data=args.data,
-        progress=not args.no_progress,
-    )
-    demo.print_table(records, args.device or ("cuda" if torch.cuda.is_available() else "cpu"), sys.stdout)
+    records = demo.run_demo(**options)
+    device = options["device"] or ("cuda" if torch.cuda.is_available() else "cpu")
+    demo.print_table(records, device, sys.stdout)
 
 
-def _memory(args: argparse.Namespace) -> None:
-    import torch
-
-    report = verify.run_verification(
-        device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
-        lower=args.lower,
-        upper=args.upper,
-        steps=args.steps,
-        batch=args.batch_size,
-        channels=args.channels,
-        seeds=args.seeds,
-        timeout=args.timeout,
-        progress=not args.no_progress,
-    )
+def _memory(options: dict[str, Any]) -> None:
+    json_path, plot_path = options.pop("json"), options.pop("plot")
+    report = verify.run_verification(**options)
     verify.print_report(report, sys.stdout)
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=1))
-    if args.plot:
-        verify.plot_report(report, args.plot)
+    if json_path:
+        Path(json_path).write_text(json.dumps(report, indent=1))
+    if plot_path:
+        verify.plot_report(report, plot_path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,9 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     verify.add_arguments(
         commands.add_parser("memory", help="measure peak memory per step and verify max-size-first's fail-fast")
     )
-    args = parser.parse_args(argv)
+    options = vars(parser.parse_args(argv))
+    command = options.pop("command")
     try:
-        {"demo": _demo, "memory": _memory}[args.command](args)
+        {"demo": _demo, "memory": _memory}[command](options)
     except (ValueError, TypeError) as error:
         parser.error(str(error))
     return 0

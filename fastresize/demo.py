@@ -224,4 +224,4 @@ def add_arguments(parser: Any) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--data", default=None, help="train on this folder of images instead of synthetic ones")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")

@@ -105,40 +105,26 @@ class ResizeCollate:
         return self.fields.put(batch, values)
 
 
-def _pin(data: Any) -> Any:
-    """Page-lock every tensor of a batch so the copy to the GPU can be asynchronous."""
+def _map_tensors(data: Any, fn: Callable[[torch.Tensor], Any]) -> Any:
+    """Apply ``fn`` to every tensor of a batch (tensors, dicts, lists, tuples, named tuples)."""
     if isinstance(data, torch.Tensor):
-        return data if data.is_pinned() else data.pin_memory()
+        return fn(data)
     if isinstance(data, dict):
-        return {key: _pin(value) for key, value in data.items()}
+        return {key: _map_tensors(value, fn) for key, value in data.items()}
     if isinstance(data, (list, tuple)):
-        items = [_pin(value) for value in data]
+        items = [_map_tensors(value, fn) for value in data]
         return type(data)(*items) if hasattr(data, "_fields") else type(data)(items)
     return data
 
 
-def _move(data: Any, device: torch.device, stream: torch.cuda.Stream | None) -> Any:
-    """Copy every tensor of a batch to ``device``; on CUDA asynchronously on ``stream``."""
-    if isinstance(data, torch.Tensor):
-        return data.to(device, non_blocking=stream is not None)
-    if isinstance(data, dict):
-        return {key: _move(value, device, stream) for key, value in data.items()}
-    if isinstance(data, (list, tuple)):
-        items = [_move(value, device, stream) for value in data]
-        return type(data)(*items) if hasattr(data, "_fields") else type(data)(items)
-    return data
+def _hand_over(batch: Any, copy: torch.cuda.Stream, consumer: torch.cuda.Stream) -> None:
+    """Make ``consumer`` wait for ``batch``'s copy on ``copy``.
 
-
-def _record(data: Any, stream: torch.cuda.Stream) -> None:
-    """Tell the caching allocator that ``stream`` now uses tensors that were made on the copy stream."""
-    if isinstance(data, torch.Tensor):
-        data.record_stream(stream)
-    elif isinstance(data, dict):
-        for value in data.values():
-            _record(value, stream)
-    elif isinstance(data, (list, tuple)):
-        for value in data:
-            _record(value, stream)
+    The batch's memory was allocated on the copy stream: recording the consumer keeps the caching
+    allocator from reusing it while the consumer may still read it.
+    """
+    consumer.wait_stream(copy)
+    _map_tensors(batch, lambda t: t.record_stream(consumer))
 
 
 def _resolve_device(device: str | torch.device | None) -> torch.device:
@@ -293,7 +279,12 @@ class ResizeLoader:
     def __iter__(self) -> Iterator[Any]:
         self.set_epoch(self.counter.epoch)
         remaining = self.steps_per_epoch - self.counter.batch
-        stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None  # type: ignore[no-untyped-call]
+        # (copy stream, consumer stream) on CUDA; CPU runs the same path without streams.
+        streams = (
+            (torch.cuda.Stream(self.device), torch.cuda.current_stream(self.device))  # type: ignore[no-untyped-call]
+            if self.device.type == "cuda"
+            else None
+        )
         source = iter(self.loader)
 
         def fetch() -> Any:
@@ -301,10 +292,13 @@ class ResizeLoader:
                 raw = next(source)
             except StopIteration:
                 return None
-            if stream is None:
-                return _move(raw, self.device, None)
-            with torch.cuda.stream(stream):
-                return _move(_pin(raw), self.device, stream)
+            if streams is None:
+                return _map_tensors(raw, lambda t: t.to(self.device))
+            # Page-locked memory lets the copy run asynchronously, on the side stream.
+            with torch.cuda.stream(streams[0]):
+                return _map_tensors(
+                    raw, lambda t: (t if t.is_pinned() else t.pin_memory()).to(self.device, non_blocking=True)
+                )
 
         upcoming = fetch()
         epoch_delivered = False
@@ -316,9 +310,8 @@ class ResizeLoader:
                         f"{self.steps_per_epoch} must not exceed the batches the loader yields per epoch"
                     )
                 batch = upcoming
-                if stream is not None:
-                    torch.cuda.current_stream(self.device).wait_stream(stream)
-                    _record(batch, torch.cuda.current_stream(self.device))
+                if streams is not None:
+                    _hand_over(batch, *streams)
                 upcoming = fetch() if index + 1 < remaining else None
                 if self.scheduler is not None:
                     self.scheduler.step_batch()

@@ -165,31 +165,45 @@ def _first_max_step(sizes: Sequence[int], max_size: int) -> int | None:
 
 
 def run_verification(
-    device: str = "cpu",
+    device: str | None = None,
     lower: int = 64,
     upper: int = 160,
     steps: int = 24,
-    batch: int = 8,
+    batch_size: int = 8,
     channels: int = 16,
     seeds: int = 3,
     max_first_steps: int = 5,
     timeout: float = 120.0,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Run the whole verification and return its report as plain Python values (see the module doc)."""
+    """Run the whole verification and return its report as plain Python values (see the module doc).
+
+    Args:
+        device: ``"cpu"`` or ``"cuda"``; CUDA when available if ``None``.
+        lower: Smallest size of the policy.
+        upper: Largest size of the policy.
+        steps: Training steps of every schedule.
+        batch_size: Images per step.
+        channels: Width of the conv model.
+        seeds: Seeds of the fail-fast check.
+        max_first_steps: Max-size steps of the ``max_first`` schedule.
+        timeout: Seconds each subprocess may take; a longer one counts as a hang.
+        progress: Show a progress bar.
+    """
+    import torch
     from tqdm import tqdm
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
 
     steps = check_int("steps", steps, minimum=2)
     seeds = check_int("seeds", seeds, minimum=1)
-    batch = check_int("batch", batch, minimum=1)
+    batch = check_int("batch_size", batch_size, minimum=1)
     channels = check_int("channels", channels, minimum=1)
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
-    if device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ValueError("device='cuda' was asked for, but CUDA is not available; use --device cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' was asked for, but CUDA is not available; use --device cpu")
     policy = MultiScalePolicy(lower, upper, max_first_steps=max_first_steps)
     if len(policy.sizes) < 2:
         raise ValueError(f"the verification needs at least two sizes in [{lower}, {upper}], got {policy.sizes}")
@@ -286,6 +300,10 @@ def run_verification(
         "no_crash_or_hang": not crashed,
     }
     report["verdict"] = "held" if all(report["checks"].values()) else "did not hold"
+    # Reported, not part of the verdict: whether a later step raised the peak above the opening's.
+    opening_peak = max(report["schedules"]["max_first"]["peak_bytes"][:max_first_steps] or [0])
+    growth = report["schedules"]["max_first"]["growth_after_max_first_bytes"]
+    report["max_first_growth_ratio"] = None if growth is None or not opening_peak else growth / opening_peak
     report["summary"] = _summary(report)
     return report
 
@@ -315,6 +333,13 @@ def _summary(report: dict[str, Any]) -> list[str]:
         f"{[r['fail_step_below_cap'] for r in random_first.values()]}; its first max-size steps were "
         f"{[r['first_max_step'] for r in random_first.values()]}."
     )
+    ratio = report["max_first_growth_ratio"]
+    if ratio is not None:
+        verdict = "within" if ratio <= 0.05 else "above"
+        lines.append(
+            f"after its max-size steps, max-size-first's peak moved by {ratio:+.1%} of the opening peak "
+            f"({verdict} the 5% target)."
+        )
     growth = {name: entry["growth_after_max_first_bytes"] for name, entry in schedules.items()}
     lines.append(
         "peak growth after the opening steps (later steps minus the opening's peak): "
@@ -361,8 +386,9 @@ def plot_report(report: dict[str, Any], path: str | Path) -> None:
     except ImportError as error:
         raise ImportError("--plot needs matplotlib: pip install 'fastresize[plot]'") from error
     figure, axis = plt.subplots(figsize=(9, 5))
-    for name, entry in report["schedules"].items():
-        axis.plot([b / 2**20 for b in entry["peak_bytes"]], marker=".", label=name)
+    styles = ["-", "--", ":", "-.", (0, (1, 3))]  # schedules that share draws overlap: tell them apart
+    for (name, entry), style in zip(report["schedules"].items(), styles, strict=True):
+        axis.plot([b / 2**20 for b in entry["peak_bytes"]], marker=".", linestyle=style, label=name)
     cal = report["calibration"]
     axis.axhline(cal["cap_below_bytes"] / 2**20, color="grey", linestyle="--", label="cap below")
     axis.set_xlabel("step")
@@ -386,4 +412,4 @@ def add_arguments(parser: Any) -> None:
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per subprocess (default: 120)")
     parser.add_argument("--json", default=None, help="write the report as JSON to this path")
     parser.add_argument("--plot", default=None, help="write a PNG plot of memory per step (needs matplotlib)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")

@@ -60,6 +60,7 @@ def test_memory_cli_with_tiny_sizes(tmp_path):
     ascending = report["schedules"]["ascending"]
     assert max(report["schedules"]["max_only"]["peak_bytes"]) > ascending["peak_bytes"][0] * 1.5
     assert report["verdict"] == ("held" if all(report["checks"].values()) else "did not hold")
+    assert isinstance(report["max_first_growth_ratio"], float)
     assert report["schedules"]["max_first"]["fail_step_below_cap"] == 0
     assert "fail-fast" in done.stdout and "max_first" in done.stdout
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
