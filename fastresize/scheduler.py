@@ -157,7 +157,7 @@ class CosineAnnealingWarmbootingLR(LRScheduler):
     def _milestones(self, steps: Iterable[int]) -> list[int]:
         if isinstance(steps, (str, bytes)) or not isinstance(steps, Iterable):
             raise TypeError(f"steps must be an iterable of ints (milestone epochs), got {steps!r}")
-        given = [check_int("steps[i]", step) for step in steps]
+        given = [check_int(f"steps[{i}]", step) for i, step in enumerate(steps)]
         unique = sorted(set(given))
         if len(unique) != len(given):
             duplicates = sorted({s for s in given if given.count(s) > 1})
@@ -314,8 +314,8 @@ class CosineAnnealingWarmbootingLR(LRScheduler):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore a saved state and re-apply its lrs to the optimizer, warmup position included."""
         check_state_keys(type(self).__name__, state_dict, self._state_keys())
-        base_lrs = [check_float("base_lrs[i]", lr, minimum=0.0) for lr in state_dict["base_lrs"]]
-        last_lr = [check_float("last_lr[i]", lr, minimum=0.0) for lr in state_dict["last_lr"]]
+        base_lrs = [check_float(f"base_lrs[{i}]", lr, minimum=0.0) for i, lr in enumerate(state_dict["base_lrs"])]
+        last_lr = [check_float(f"last_lr[{i}]", lr, minimum=0.0) for i, lr in enumerate(state_dict["last_lr"])]
         groups = len(self.optimizer.param_groups)
         if len(base_lrs) != groups or len(last_lr) != groups:
             raise ValueError(

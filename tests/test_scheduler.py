@@ -143,7 +143,7 @@ def test_out_of_range_and_duplicate_milestones_warn():
         ({"epochs": 3, "epoch_scale": float("nan")}, ValueError, r"epoch_scale must be finite"),
         ({"epochs": 3, "lf": 0.5}, TypeError, r"lf must be a callable lf\(t, gap\) or None, got 0.5"),
         ({"epochs": 3, "steps": 2}, TypeError, r"steps must be an iterable of ints \(milestone epochs\), got 2"),
-        ({"epochs": 3, "steps": [1.5]}, TypeError, r"steps\[i\] must be an int, got 1.5"),
+        ({"epochs": 3, "steps": [1.5]}, TypeError, r"steps\[0\] must be an int, got 1.5"),
         ({"epochs": 3, "batchs": -1}, ValueError, r"batchs must be an int >= 0, got -1"),
         ({"epochs": 3, "batchs": 4, "counter": StepCounter(5)}, ValueError, r"batchs=4 disagrees with counter"),
         ({"epochs": 3, "counter": 5}, TypeError, r"counter must be a StepCounter or None, got int"),
