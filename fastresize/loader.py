@@ -189,6 +189,8 @@ class ResizeLoader:
             raise TypeError(f"loader must be an iterable of batches (a DataLoader), got {type(loader).__name__}")
         if not isinstance(transform, BatchResize):
             raise TypeError(f"transform must be a BatchResize, got {type(transform).__name__}")
+        if counter is not None and not isinstance(counter, StepCounter):
+            raise TypeError(f"counter must be a StepCounter or None, got {type(counter).__name__}")
         if scheduler is not None and not isinstance(scheduler, CosineAnnealingWarmbootingLR):
             raise TypeError(f"scheduler must be a CosineAnnealingWarmbootingLR or None, got {type(scheduler).__name__}")
         self.loader = loader
@@ -227,8 +229,6 @@ class ResizeLoader:
         return steps
 
     def _resolve_counter(self, counter: StepCounter | None) -> StepCounter:
-        if counter is not None and not isinstance(counter, StepCounter):
-            raise TypeError(f"counter must be a StepCounter or None, got {type(counter).__name__}")
         owners = [c for c in (counter, self.transform.counter, getattr(self.scheduler, "counter", None)) if c]
         if any(c is not owners[0] for c in owners):
             raise ValueError(

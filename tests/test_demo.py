@@ -66,6 +66,8 @@ def test_demo_on_an_image_folder(tmp_path):
         device="cpu",
     )
     assert [r.size for r in records] == [(48, 48)] * 4
+    with pytest.raises(ValueError, match=r"--data must be a folder of images, got '.*0.png'"):
+        ImageFolder(tmp_path / "0.png", 48)
     dataset = ImageFolder(tmp_path, 48)
     assert len(dataset) == 4 and dataset[2].shape == (48, 48, 3) and dataset[2].dtype == torch.uint8
     assert dataset[0][0, 0].tolist() == [0, 100, 200]

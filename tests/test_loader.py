@@ -250,6 +250,19 @@ def test_bad_inputs():
         ResizeLoader(DataLoader(_tensor_data(), batch_size=4), transform, device="cpu", scheduler=scheduler)
     with pytest.raises(TypeError, match=r"collate_fn must be callable or None, got 3"):
         ResizeCollate(3)
+    with pytest.raises(ValueError, match=r"ResizeCollate got an empty list of samples"):
+        ResizeCollate()([])
+    with pytest.raises(ValueError, match=r"the images must collate into a 4-D batch, got shape \(2, 5\)"):
+        ResizeCollate()([torch.zeros(5), torch.zeros(5)])
+    with pytest.raises(ValueError, match=r"layout must be one of 'NCHW', 'NHWC'; got 'HWC'"):
+        ResizeCollate(layout="HWC")
+    loader = DataLoader(_tensor_data(), batch_size=4)
+    with pytest.raises(TypeError, match=r"counter must be a StepCounter or None, got int"):
+        ResizeLoader(loader, transform, counter=3, device="cpu")
+    with pytest.raises(TypeError, match=r"scheduler must be a CosineAnnealingWarmbootingLR or None, got StepLR"):
+        ResizeLoader(loader, transform, device="cpu", scheduler=torch.optim.lr_scheduler.StepLR(optimizer, 1))
+    with pytest.raises(ValueError, match=r"steps_per_epoch must be an int >= 1, got 0"):
+        ResizeLoader([torch.zeros(1, 3, 8, 8)], transform, device="cpu", steps_per_epoch=0)
 
 
 class _Wrapped:
@@ -272,6 +285,21 @@ def _epochs(wrapped, n):
     return [
         (tuple(images.shape[2:]), wrapped.scheduler.get_last_lr()) for _ in range(n) for images, _ in wrapped.loader
     ]
+
+
+def test_wrap_for_a_resumed_process():
+    wrapped = wrap(DataLoader(_tensor_data(), batch_size=4), 16, 32, device="cpu", epoch_to_start=3)
+    assert (wrapped.counter.epoch, wrapped.counter.global_step, wrapped.counter.absolute_step) == (3, 0, 9)
+    assert [tuple(images.shape[2:]) for images, _ in wrapped] == [(32, 32)] * 3  # max size first again
+
+
+def test_bad_state():
+    wrapped = _Wrapped().loader
+    state = wrapped.state_dict()
+    with pytest.raises(ValueError, match=r"the state has no scheduler but this loader has one"):
+        wrapped.load_state_dict({**state, "scheduler": None})
+    with pytest.raises(ValueError, match=r"missing keys \['policy'\]"):
+        wrapped.load_state_dict({"counter": state["counter"], "scheduler": state["scheduler"]})
 
 
 def test_state_round_trip():

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from fastresize import MultiScalePolicy
-from fastresize.verify import SCHEDULES, _is_oom, _run_child, schedule_sizes
+from fastresize.verify import SCHEDULES, _is_oom, _run_child, run_verification, schedule_sizes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,6 +28,19 @@ def test_out_of_memory_errors_are_recognised():
     assert _is_oom(RuntimeError("could not create a primitive"))
     assert _is_oom(MemoryError())
     assert not _is_oom(RuntimeError("shape mismatch"))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"device": "tpu"}, r"device must be 'cpu' or 'cuda', got 'tpu'"),
+        ({"lower": 64, "upper": 70}, r"the verification needs at least two sizes in \[64, 70\], got \(64,\)"),
+        ({"steps": 1}, r"steps must be an int >= 2, got 1"),
+    ],
+)
+def test_bad_settings_fail_before_any_run(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        run_verification(progress=False, **{"device": "cpu", **kwargs})
 
 
 def test_a_crashing_child_is_reported_not_raised():
