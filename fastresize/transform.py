@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple, Union, cast
+from typing import Any, NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +17,7 @@ from fastresize.policy import MultiScalePolicy
 _IMAGE_DTYPES = (torch.uint8, torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _LAYOUTS = ("NCHW", "NHWC")
 
-Points = Union[torch.Tensor, Sequence[torch.Tensor]]  # noqa: UP007 -- a runtime alias on 3.10
+Points = torch.Tensor | Sequence[torch.Tensor]
 """Boxes or keypoints: one tensor for the batch, or one tensor per image (detection style)."""
 
 
