@@ -347,9 +347,14 @@ class ResizeLoader:
                     f"the state {'has no' if state[name] is None else 'has a'} {name} but this loader "
                     f"{'has one' if component is not None else 'has none'}; build it as the saved one was built"
                 )
-        self.counter.load_state_dict(state["counter"])
+        # Validate the counter's and the policy's parts on throwaway copies first, so that a bad
+        # state leaves nothing half-loaded (the scheduler validates everything before it changes).
+        StepCounter(self.counter.steps_per_epoch).load_state_dict(state["counter"])
+        if self.transform.policy is not None:
+            MultiScalePolicy(1, 1, multiple=1).load_state_dict(state["policy"])
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state["scheduler"])
+        self.counter.load_state_dict(state["counter"])
         if self.transform.policy is not None:
             self.transform.policy.load_state_dict(state["policy"])
 

@@ -323,8 +323,9 @@ class CosineAnnealingWarmbootingLR(LRScheduler):
                 "add the same param groups before loading"
             )
         if self.counter is None:
-            self._epochs_done = check_int("last_epoch", state_dict["last_epoch"], minimum=0)
-            self._batches_done = check_int("batches_done", state_dict["batches_done"], minimum=0)
+            epochs_done = check_int("last_epoch", state_dict["last_epoch"], minimum=0)
+            batches_done = check_int("batches_done", state_dict["batches_done"], minimum=0)
+            self._epochs_done, self._batches_done = epochs_done, batches_done
         self.base_lrs = base_lrs
         for group, base in zip(self.optimizer.param_groups, base_lrs, strict=True):
             group["initial_lr"] = base

@@ -300,6 +300,19 @@ def test_bad_state():
         wrapped.load_state_dict({**state, "scheduler": None})
     with pytest.raises(ValueError, match=r"missing keys \['policy'\]"):
         wrapped.load_state_dict({"counter": state["counter"], "scheduler": state["scheduler"]})
+    list(wrapped)
+    before = wrapped.state_dict()
+    later = {
+        **before,
+        "counter": {**before["counter"], "epoch": 7},
+        "scheduler": {**before["scheduler"], "last_epoch": 7},
+    }
+    with pytest.raises(ValueError, match=r"lower must be <= upper, got lower=64 and upper=16"):
+        wrapped.load_state_dict({**later, "policy": {**before["policy"], "lower": 64, "upper": 16}})
+    assert wrapped.state_dict() == before  # nothing half-loaded
+    with pytest.raises(ValueError, match=r"batches_done must be an int >= 0, got -1"):
+        wrapped.load_state_dict({**later, "scheduler": {**later["scheduler"], "batches_done": -1}})
+    assert wrapped.state_dict() == before
 
 
 def test_state_round_trip():
