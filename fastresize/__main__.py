@@ -9,14 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from fastresize import demo, verify
+from fastresize._checks import check_device
 
 
 def _demo(options: dict[str, Any]) -> None:
-    import torch
-
     records = demo.run_demo(**options)
-    device = options["device"] or ("cuda" if torch.cuda.is_available() else "cpu")
-    demo.print_table(records, device, sys.stdout)
+    demo.print_table(records, str(check_device(options["device"])), sys.stdout)
 
 
 def _memory(options: dict[str, Any]) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 ARGUMENTS = {"images": "image_key", "masks": "mask_key", "boxes": "boxes_key", "keypoints": "keypoints_key"}
 Key = str | int
+LAYOUTS = ("NCHW", "NHWC")
 
 
 def _check_key(name: str, key: Any) -> Key | None:

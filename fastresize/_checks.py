@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import torch
+
 
 def check_int(name: str, value: Any, *, minimum: int | None = None) -> int:
     """Return ``value`` if it is an ``int`` (not a ``bool``) no smaller than ``minimum``.
@@ -73,6 +75,29 @@ def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
     return str(value)
+
+
+def check_device(device: Any, *, types: tuple[str, ...] | None = None) -> torch.device:
+    """Return ``device`` as a ``torch.device``; ``None`` means CUDA when available, else CPU.
+
+    Args:
+        device: A device or its name (``"cuda"``, ``"cuda:1"``, ``"cpu"``), or ``None``.
+        types: The device types allowed, or ``None`` for any.
+
+    Raises:
+        ValueError: not a device, a type outside ``types``, or CUDA asked for where there is none.
+    """
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be a torch device such as 'cuda' or 'cpu', got {device!r}") from None
+    if types is not None and resolved.type not in types:
+        raise ValueError(f"device must be a {' or '.join(types)} device, got {device!r}")
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} was asked for, but CUDA is not available; use device='cpu'")
+    return resolved
 
 
 def check_state_keys(owner: str, state: Any, keys: tuple[str, ...]) -> None:

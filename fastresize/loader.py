@@ -8,14 +8,12 @@ from typing import Any
 import torch
 from torch.utils.data import IterableDataset, default_collate
 
-from fastresize._batch import BatchFields, Key
-from fastresize._checks import check_choice, check_int, check_state_keys
+from fastresize._batch import LAYOUTS, BatchFields, Key
+from fastresize._checks import check_choice, check_device, check_int, check_state_keys
 from fastresize.counter import StepCounter
 from fastresize.policy import MultiScalePolicy
 from fastresize.scheduler import CosineAnnealingWarmbootingLR
 from fastresize.transform import BatchResize
-
-_LAYOUTS = ("NCHW", "NHWC")
 
 
 class ResizeCollate:
@@ -61,7 +59,7 @@ class ResizeCollate:
         if collate_fn is not None and not callable(collate_fn):
             raise TypeError(f"collate_fn must be callable or None, got {collate_fn!r}")
         self.collate_fn = collate_fn if collate_fn is not None else default_collate
-        self.layout = check_choice("layout", layout, _LAYOUTS)
+        self.layout = check_choice("layout", layout, LAYOUTS)
         self.fields = BatchFields(image_key, mask_key, boxes_key, keypoints_key)
 
     def __call__(self, samples: list[Any]) -> Any:
@@ -127,18 +125,6 @@ def _hand_over(batch: Any, copy: torch.cuda.Stream, consumer: torch.cuda.Stream)
     _map_tensors(batch, lambda t: t.record_stream(consumer))
 
 
-def _resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise ValueError(f"device must be a torch device such as 'cuda' or 'cpu', got {device!r}") from error
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} was asked for, but CUDA is not available; use device='cpu'")
-    return resolved
-
-
 class ResizeLoader:
     """Wraps a DataLoader: moves each batch to the device, resizes it there, and keeps time.
 
@@ -196,7 +182,7 @@ class ResizeLoader:
         self.loader = loader
         self.transform = transform
         self.scheduler = scheduler
-        self.device = _resolve_device(device)
+        self.device = check_device(device)
         self.steps_per_epoch = self._resolve_steps(loader, steps_per_epoch, counter or transform.counter)
         self.counter = self._resolve_counter(counter)
         if scheduler is not None and scheduler.batchs not in (0, self.steps_per_epoch):

@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 
 import torch
 
+from fastresize._checks import check_device
+
 T = TypeVar("T")
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -89,11 +91,7 @@ class MemoryProfiler:
     """
 
     def __init__(self, device: str | torch.device = "cpu") -> None:
-        self.device = torch.device(device)
-        if self.device.type not in ("cpu", "cuda"):
-            raise ValueError(f"device must be a CPU or CUDA device, got {device!r}")
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device={device!r} was asked for, but CUDA is not available")
+        self.device = check_device(device, types=("cpu", "cuda"))
         self.records: list[StepMemory] = []
         self._seen: set[tuple[int, int]] = set()
 

@@ -9,13 +9,12 @@ import torch
 import torch.nn.functional as F
 from kornia.augmentation import GeometricAugmentationBase2D
 
-from fastresize._batch import BatchFields, Key
+from fastresize._batch import LAYOUTS, BatchFields, Key
 from fastresize._checks import check_choice, check_float, check_int
 from fastresize.counter import StepCounter
 from fastresize.policy import MultiScalePolicy
 
 _IMAGE_DTYPES = (torch.uint8, torch.float16, torch.bfloat16, torch.float32, torch.float64)
-_LAYOUTS = ("NCHW", "NHWC")
 
 Points = torch.Tensor | Sequence[torch.Tensor]
 """Boxes or keypoints: one tensor for the batch, or one tensor per image (detection style)."""
@@ -153,7 +152,7 @@ class BatchResize(GeometricAugmentationBase2D):
         if dtype is not None and dtype not in _IMAGE_DTYPES:
             raise TypeError(f"dtype must be one of {_IMAGE_DTYPES} or None, got {dtype!r}")
         self.out_dtype = dtype
-        self.layout = check_choice("layout", layout, _LAYOUTS)
+        self.layout = check_choice("layout", layout, LAYOUTS)
         self.fields = BatchFields(image_key, mask_key, boxes_key, keypoints_key)
         self.flags = {"antialias": antialias}
 

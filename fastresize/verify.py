@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from fastresize._checks import check_int
+from fastresize._checks import check_device, check_int
 from fastresize.policy import MultiScalePolicy
 
 SCHEDULES = ("max_first", "prealloc_first", "random_first", "ascending", "max_only")
@@ -190,26 +190,21 @@ def run_verification(
         timeout: Seconds each subprocess may take; a longer one counts as a hang.
         progress: Show a progress bar.
     """
-    import torch
     from tqdm import tqdm
 
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    resolved = check_device(device, types=("cpu", "cuda"))
+    device, cuda = str(resolved), resolved.type == "cuda"
 
     steps = check_int("steps", steps, minimum=2)
     seeds = check_int("seeds", seeds, minimum=1)
     batch = check_int("batch_size", batch_size, minimum=1)
     channels = check_int("channels", channels, minimum=1)
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' was asked for, but CUDA is not available; use --device cpu")
     policy = MultiScalePolicy(lower, upper, max_first_steps=max_first_steps)
     if len(policy.sizes) < 2:
         raise ValueError(f"the verification needs at least two sizes in [{lower}, {upper}], got {policy.sizes}")
     largest, next_largest = policy.sizes[-1], policy.sizes[-2]
     variants: dict[str, dict[str, str]] = {"default": {}}
-    if device == "cuda":
+    if cuda:
         variants["expandable_segments"] = {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
     asserted = ("max_first", "random_first")
     total = 2 + len(SCHEDULES) * len(variants) + 2 * len(asserted) * seeds + 2 * (len(SCHEDULES) - len(asserted))
@@ -235,7 +230,7 @@ def run_verification(
     report: dict[str, Any] = {"device": device, "settings": {
         "lower": lower, "upper": upper, "sizes": list(policy.sizes), "steps": steps, "batch": batch,
         "channels": channels, "seeds": seeds, "max_first_steps": max_first_steps,
-        "child_env": CPU_CHILD_ENV if device == "cpu" else {},
+        "child_env": {} if cuda else CPU_CHILD_ENV,
     }}  # fmt: skip
     report["calibration"] = {
         "need_largest_bytes": need[largest],

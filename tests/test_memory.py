@@ -46,8 +46,10 @@ def test_a_failing_step_is_not_recorded_and_the_error_propagates():
 
 
 def test_bad_devices():
-    with pytest.raises(ValueError, match=r"device must be a CPU or CUDA device, got 'meta'"):
+    with pytest.raises(ValueError, match=r"device must be a cpu or cuda device, got 'meta'"):
         MemoryProfiler("meta")
+    with pytest.raises(ValueError, match=r"device must be a torch device such as 'cuda' or 'cpu', got 'gpu0'"):
+        MemoryProfiler("gpu0")
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match=r"device='cuda' was asked for, but CUDA is not available"):
             MemoryProfiler("cuda")

@@ -33,7 +33,8 @@ def test_out_of_memory_errors_are_recognised():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"device": "tpu"}, r"device must be 'cpu' or 'cuda', got 'tpu'"),
+        ({"device": "tpu"}, r"device must be a torch device such as 'cuda' or 'cpu', got 'tpu'"),
+        ({"device": "meta"}, r"device must be a cpu or cuda device, got 'meta'"),
         ({"lower": 64, "upper": 70}, r"the verification needs at least two sizes in \[64, 70\], got \(64,\)"),
         ({"steps": 1}, r"steps must be an int >= 2, got 1"),
     ],
