@@ -1,8 +1,11 @@
-"""Print each benchmark's median and its ratio to its group's reference, from a pytest-benchmark JSON.
+"""Print each benchmark's median, its ratio to its group's reference and its share of copy bandwidth.
 
 Usage: ``python benchmarks/ratios.py results.json`` (made with ``--benchmark-json results.json``).
-The reference of a group is ``interpolate`` for the transform groups and ``baseline`` for the
-pipeline groups; an unchanged-size group is also compared with the same dtype's 384 resize.
+The reference of a group is ``seed`` (the seed's inline code) for the transform groups and
+``baseline`` for the pipeline groups. Where a benchmark recorded ``extra_info["bytes"]`` (bytes
+read plus written), its bandwidth is printed in GB/s and as a share of the fastest device copy
+(``test_copy``) measured on the same device in the same run. An unchanged-size group is also
+compared with the same case's resize to 384.
 """
 
 from __future__ import annotations
@@ -11,36 +14,51 @@ import json
 import re
 import sys
 from collections import defaultdict
+from typing import Any
 
 
 def _implementation(name: str) -> str:
-    match = re.search(r"\[(\w+)-", name)
     base = name.split("[")[0]
     if base == "test_uint8_native_interpolate":
         return "interpolate-native-uint8"
+    if base == "test_copy":
+        return "copy-" + name.rstrip("]").split("-")[-1]
+    match = re.search(r"\[(\w+)-", name)
     return match.group(1) if match else base
 
 
 def main(path: str) -> None:
-    data = json.load(open(path))
-    groups: dict[str, dict[str, float]] = defaultdict(dict)
+    with open(path) as file:
+        data = json.load(file)
+    groups: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+    copy_bandwidth: dict[str, float] = defaultdict(float)
     for bench in data["benchmarks"]:
-        groups[bench["group"]][_implementation(bench["name"])] = bench["stats"]["median"]
-    print(f"machine: {data['machine_info'].get('cpu', {}).get('brand_raw', '?')}, "
-          f"torch {__import__('torch').__version__}")  # fmt: skip
-    print(f"{'group':<28} {'implementation':<26} {'median':>10} {'ratio':>7}")
+        median, moved = bench["stats"]["median"], bench.get("extra_info", {}).get("bytes")
+        groups[bench["group"]][_implementation(bench["name"])] = {"median": median, "bytes": moved}
+        if bench["name"].startswith("test_copy") and moved:
+            device = bench["group"].split("-")[0]
+            copy_bandwidth[device] = max(copy_bandwidth[device], moved / median)
+    print(f"machine: {data['machine_info'].get('cpu', {}).get('brand_raw', '?')}")
+    for device, bandwidth in sorted(copy_bandwidth.items()):
+        print(f"{device} copy bandwidth (read + write): {bandwidth / 1e9:.1f} GB/s")
+    print(f"{'group':<28} {'implementation':<26} {'median':>10} {'ratio':>7} {'GB/s':>8} {'of copy':>8}")
     for group in sorted(groups):
-        medians = groups[group]
-        reference = medians.get("interpolate", medians.get("baseline"))
-        for name, median in sorted(medians.items(), key=lambda item: item[1]):
+        entries = groups[group]
+        reference = entries.get("seed", entries.get("baseline", {})).get("median")
+        copy = copy_bandwidth.get(group.split("-")[0])
+        for name, entry in sorted(entries.items(), key=lambda item: item[1]["median"]):
+            median, moved = entry["median"], entry["bytes"]
             ratio = f"{median / reference:.3f}" if reference else "-"
-            print(f"{group:<28} {name:<26} {median * 1e3:>8.2f}ms {ratio:>7}")
-        unchanged = re.fullmatch(r"(\w+)-(\w+)-512", group)
-        if unchanged and "fastresize" in medians:
-            resize = groups.get(f"{unchanged.group(1)}-{unchanged.group(2)}-384", {}).get("fastresize")
-            if resize:
-                share = medians["fastresize"] / resize
-                print(f"{group:<28} {'unchanged / resize to 384':<26} {'':>10} {share:>7.4f}")
+            rate = f"{moved / median / 1e9:.1f}" if moved else "-"
+            share = f"{moved / median / copy:.1%}" if moved and copy else "-"
+            print(f"{group:<28} {name:<26} {median * 1e3:>8.3f}ms {ratio:>7} {rate:>8} {share:>8}")
+        unchanged = re.fullmatch(r"(\w+-\w+-\w+)-512", group)
+        if unchanged:
+            resized = groups.get(f"{unchanged.group(1)}-384", {})
+            for name in ("triton", "torch"):
+                if name in entries and name in resized:
+                    share = entries[name]["median"] / resized[name]["median"]
+                    print(f"{group:<28} {name + ' unchanged / 384':<26} {'':>10} {share:>7.4f}")
 
 
 if __name__ == "__main__":

@@ -1,16 +1,30 @@
-"""Images per second of the whole input pipeline: the original approach against fastresize.
+"""Images per second of the input pipeline: the hand-over from the workers alone, and the whole pipeline.
+
+``test_handover`` (loader only, uint8 batches of 32 moved to the device, nothing else done with them):
+
+* ``baseline``: the plain DataLoader (``pin_memory`` and ``non_blocking`` copies on CUDA);
+* ``prefetcher``: :class:`DevicePrefetcher` with ``ring=False``, today's plain hand-over;
+* ``ring``: :class:`DevicePrefetcher` with the batch ring (forced on for 0 workers on the CPU).
+
+The CPU cases are small enough for CI; the CUDA case has the figures of the H100 measurement (1024
+images of 3x512x512, 8 workers). ``FASTRESIZE_LOADER_BENCH=IMAGES,SIDE`` changes the sizes of both.
+
+``test_pipeline``, the original approach against fastresize:
 
 * ``baseline``: workers hand over float32 batches; the training loop moves them to the device and
   resizes them with a NumPy random size draw (max size for the first 5 steps), as the original did.
-* ``fastresize``: workers hand over uint8 batches (``ResizeCollate``); ``ResizeLoader`` copies them
-  (pinned, non-blocking, one batch ahead on CUDA), converts them to float32 in [0, 1] and resizes
-  them on the device.
+* ``fastresize``: workers hand over uint8 batches (``ResizeCollate``, through the batch ring where it
+  applies); ``ResizeLoader`` copies them (pinned, non-blocking, one batch ahead on CUDA), converts
+  them to float32 in [0, 1] and resizes them on the device;
+* ``noring``: the same with ``ring=False``, the plain hand-over.
 
 One benchmark round is one epoch over the same synthetic images; workers persist across rounds so
 their start-up is not timed. ``extra_info["images_per_second"]`` is derived from the median.
 """
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import pytest
@@ -19,7 +33,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from benchmarks.conftest import DEVICES
-from fastresize import ResizeCollate, wrap
+from fastresize import DevicePrefetcher, ResizeCollate, wrap
 
 IMAGES, SIDE, BATCH, LOWER, UPPER = 128, 256, 16, 128, 256
 
@@ -66,12 +80,12 @@ def _baseline(workers: int, device: str):
     return epoch
 
 
-def _fastresize(workers: int, device: str):
+def _fastresize(workers: int, device: str, ring: bool | None = None):
     loader = DataLoader(
         Images(as_float=False), batch_size=BATCH, num_workers=workers, persistent_workers=workers > 0,
         pin_memory=device == "cuda", collate_fn=ResizeCollate(),
     )  # fmt: skip
-    wrapped = wrap(loader, LOWER, UPPER, device=device, value_range=(0, 1), dtype=torch.float32)
+    wrapped = wrap(loader, LOWER, UPPER, device=device, value_range=(0, 1), dtype=torch.float32, ring=ring)
 
     def epoch() -> int:
         seen = sum(batch.shape[0] for batch in wrapped)
@@ -84,12 +98,81 @@ def _fastresize(workers: int, device: str):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("workers", [0, 2])
-@pytest.mark.parametrize("pipeline", ["baseline", "fastresize"])
+@pytest.mark.parametrize("pipeline", ["baseline", "fastresize", "noring"])
 def test_pipeline(benchmark, pipeline, workers, device):
     benchmark.group = f"pipeline-{device}-workers{workers}"
-    epoch = {"baseline": _baseline, "fastresize": _fastresize}[pipeline](workers, device)
+    if pipeline == "baseline":
+        epoch = _baseline(workers, device)
+    else:
+        epoch = _fastresize(workers, device, ring=False if pipeline == "noring" else None)
     epoch()  # warm-up: workers start, allocator and kernels settle
     seen = benchmark.pedantic(epoch, rounds=5, iterations=1)
     assert seen == IMAGES
     if benchmark.stats is not None:  # None under --benchmark-disable
         benchmark.extra_info["images_per_second"] = IMAGES / benchmark.stats.stats.median
+
+
+def _handover_sizes(device: str) -> tuple[int, int]:
+    """(images, side) of one epoch of ``test_handover``."""
+    knob = os.environ.get("FASTRESIZE_LOADER_BENCH")
+    if knob:
+        images, side = (int(v) for v in knob.split(","))
+        return images, side
+    return (1024, 512) if device == "cuda" else (256, 128)
+
+
+_DATA: dict[tuple[int, int], torch.Tensor] = {}
+
+
+class Decoded(Dataset):
+    """Random uint8 CHW images held in memory; each sample is a fresh copy, as if just decoded."""
+
+    def __init__(self, images: int, side: int) -> None:
+        if (images, side) not in _DATA:  # the CUDA case holds 0.8 GB: build it once
+            g = torch.Generator().manual_seed(0)
+            _DATA[images, side] = torch.randint(0, 256, (images, 3, side, side), generator=g, dtype=torch.uint8)
+        self.data = _DATA[images, side]
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.data[index].clone()
+
+
+@pytest.mark.parametrize(
+    ("device", "workers"),
+    [("cpu", 0), ("cpu", 2), pytest.param("cuda", 8, marks=pytest.mark.cuda)],
+    ids=["cpu-workers0", "cpu-workers2", "cuda-workers8"],
+)
+@pytest.mark.parametrize("pipeline", ["baseline", "prefetcher", "ring"])
+def test_handover(benchmark, pipeline, device, workers):
+    images, side = _handover_sizes(device)
+    benchmark.group = f"handover-{device}-workers{workers}-{images}x{side}"
+    loader = DataLoader(
+        Decoded(images, side), batch_size=32, num_workers=workers, persistent_workers=workers > 0,
+        pin_memory=pipeline == "baseline" and device == "cuda", collate_fn=ResizeCollate(),
+    )  # fmt: skip
+    if pipeline == "baseline":
+
+        def batches():
+            return (batch.to(device, non_blocking=True) for batch in loader)
+    else:
+        prefetcher = DevicePrefetcher(loader, device, ring=pipeline == "ring")
+
+        def batches():
+            return iter(prefetcher)
+
+    def epoch() -> int:
+        seen = sum(batch.shape[0] for batch in batches())
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return seen
+
+    epoch()  # warm-up: workers start, slots are made and page-locked
+    seen = benchmark.pedantic(epoch, rounds=10, iterations=1)
+    assert seen == images
+    if pipeline == "ring":
+        assert prefetcher.ring is not None and prefetcher.ring.counts["plain"] == 0
+    if benchmark.stats is not None:  # None under --benchmark-disable
+        benchmark.extra_info["images_per_second"] = images / benchmark.stats.stats.median

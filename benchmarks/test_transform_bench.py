@@ -1,12 +1,16 @@
-"""Throughput of BatchResize against bare PyTorch, Kornia and torchvision, same input and size.
+"""Throughput of fastresize's resize against the seed's inline code, Kornia and torchvision, side by side.
 
-Groups are ``device-dtype-target``; within a group, compare each implementation's median to
-``interpolate``'s. Input: a 32x3x512x512 batch; targets 384 and 256 (resizes) and 512 (unchanged).
+Groups are ``device-case-target``, a case being ``input-output`` dtypes: a 32x3x512x512 batch
+resized to 384, or kept at 512 (an unchanged size). Within a group each implementation's median
+is compared to ``seed``'s, the three lines the seed ran inline. Every benchmark records the bytes
+it reads and writes in ``extra_info["bytes"]``; ``ratios.py`` divides them by the median and
+compares that bandwidth with the device copy (``x.clone()``) measured in the same run.
 """
 
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 
 import kornia
 import pytest
@@ -14,66 +18,100 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.conftest import DEVICES, synchronised
-from fastresize import BatchResize
+from fastresize.functional import resize
 
-TARGETS = [384, 256, 512]
-DTYPES = [
-    pytest.param(torch.float32, id="float32"),
-    pytest.param(torch.float16, id="float16"),
-    pytest.param(torch.uint8, id="uint8"),
-]
-IMPLEMENTATIONS = ["fastresize", "interpolate", "kornia", "torchvision"]
+SHAPE = (32, 3, 512, 512)
+TARGETS = [384, 512]
+# case: (input dtype, output dtype, value range)
+CASES = {
+    "uint8-float32": (torch.uint8, torch.float32, (0.0, 1.0)),
+    "uint8-bfloat16": (torch.uint8, torch.bfloat16, (0.0, 1.0)),
+    "float32-float32": (torch.float32, torch.float32, None),
+    "float16-float16": (torch.float16, torch.float16, None),
+    "uint8-uint8": (torch.uint8, torch.uint8, None),
+}
+IMPLEMENTATIONS = ["triton", "torch", "seed", "kornia", "torchvision"]
 
 
-def _to_uint8(x: torch.Tensor) -> torch.Tensor:
-    return x.round_().clamp_(0, 255).to(torch.uint8)
+def _input(dtype: torch.dtype, device: str) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, SHAPE, generator=g, dtype=torch.uint8)
+    return (x if dtype == torch.uint8 else (x.float() / 255).to(dtype)).to(device)
 
 
-def _implementation(name: str, target: int, dtype: torch.dtype):
-    """Each implementation gives the same output dtype as its input (uint8 rounded and clamped)."""
+def _converted(
+    resize_float: Callable[[torch.Tensor], torch.Tensor], case: str
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Wrap a float resize in the seed's conversions, so every implementation returns the same dtype."""
+    in_dtype, out_dtype, _ = CASES[case]
+    if in_dtype != torch.uint8:
+        return resize_float
+    if out_dtype == torch.uint8:  # bicubic in float32, rounded and clamped: what fastresize computes
+        return lambda x: resize_float(x.float()).round_().clamp_(0, 255).to(torch.uint8)
+    return lambda x: resize_float(x.float() / 255).to(out_dtype)
+
+
+def _implementation(name: str, case: str, target: int, device: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    _, out_dtype, value_range = CASES[case]
     size = (target, target)
-    if name == "fastresize":
-        return BatchResize(size)
-    if name == "interpolate":
-        if dtype == torch.uint8:  # the same math BatchResize does: bicubic in float32, then round
-            return lambda x: _to_uint8(F.interpolate(x.float(), size=size, mode="bicubic", align_corners=False))
-        return lambda x: F.interpolate(x, size=size, mode="bicubic", align_corners=False)
+    if name in ("triton", "torch"):
+        if name == "triton" and device == "cpu":
+            pytest.skip("Triton runs CPU tensors only in its interpreter, which is for tests")
+        if name == "triton" and importlib.util.find_spec("triton") is None:
+            pytest.skip("Triton is not installed")
+        return lambda x: resize(x, size, value_range=value_range, dtype=out_dtype, backend=name)
+    if name == "seed":  # the seed's inline code: resize only when the size changes
+        return _converted(
+            lambda x: x if x.shape[-1] == target else F.interpolate(x, size, mode="bicubic", align_corners=False), case
+        )
     if name == "kornia":
-        resize = kornia.geometry.transform.resize
-        if dtype == torch.uint8:
-            return lambda x: _to_uint8(resize(x.float(), size, interpolation="bicubic", align_corners=False))
-        return lambda x: resize(x, size, interpolation="bicubic", align_corners=False)
+        kornia_resize = kornia.geometry.transform.resize
+        return _converted(lambda x: kornia_resize(x, size, interpolation="bicubic", align_corners=False), case)
     if importlib.util.find_spec("torchvision") is None:
         pytest.skip("torchvision is not installed")
     from torchvision.transforms import InterpolationMode, v2
 
-    return v2.Resize(size, interpolation=InterpolationMode.BICUBIC, antialias=False)
+    return _converted(v2.Resize(size, interpolation=InterpolationMode.BICUBIC, antialias=False), case)
 
 
 @pytest.mark.parametrize("target", TARGETS)
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", IMPLEMENTATIONS)
-def test_resize(benchmark, name, device, dtype, target):
-    if dtype == torch.float16 and device == "cpu":
+def test_resize(benchmark, name, device, case, target):
+    in_dtype, out_dtype, _ = CASES[case]
+    if device == "cpu" and torch.float16 in (in_dtype, out_dtype):
         pytest.skip("float16 is benchmarked on CUDA only")
-    benchmark.group = f"{device}-{str(dtype).split('.')[-1]}-{target}"
-    g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 256, (32, 3, 512, 512), generator=g, dtype=torch.uint8).to(device)
-    if dtype != torch.uint8:
-        x = (x.float() / 255).to(dtype)
-    resize = _implementation(name, target, dtype)
-    out = benchmark(synchronised(lambda: resize(x), device))
-    assert out.shape == (32, 3, target, target) and out.dtype == dtype
+    benchmark.group = f"{device}-{case}-{target}"
+    run = _implementation(name, case, target, device)
+    x = _input(in_dtype, device)
+    timed = synchronised(lambda: run(x), device)
+    timed()  # warm-up: Triton compiles, the allocator settles
+    out = benchmark(timed)
+    assert out.shape == (*SHAPE[:2], target, target) and out.dtype == out_dtype
+    if out.data_ptr() != x.data_ptr():  # a returned input moves no bytes: no bandwidth to report
+        benchmark.extra_info["bytes"] = x.numel() * x.element_size() + out.numel() * out.element_size()
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32], ids=["uint8", "float32"])
+@pytest.mark.parametrize("device", DEVICES)
+def test_copy(benchmark, device, dtype):
+    """The bandwidth reference: a device copy of the input, one read and one write."""
+    benchmark.group = f"{device}-copy"
+    x = _input(dtype, device)
+    out = benchmark(synchronised(x.clone, device))
+    assert torch.equal(out, x)
+    benchmark.extra_info["bytes"] = 2 * x.numel() * x.element_size()
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_uint8_native_interpolate(benchmark, device):
     """PyTorch's native uint8 bicubic: a different kernel (it differs from the float path by up to
-    about 30 levels), listed for reference beside the ``uint8-384`` group."""
-    benchmark.group = f"{device}-uint8-384"
-    x = torch.randint(0, 256, (32, 3, 512, 512), dtype=torch.uint8).to(device)
-    out = benchmark(
-        synchronised(lambda: F.interpolate(x, size=(384, 384), mode="bicubic", align_corners=False), device)
-    )
+    about 30 levels), listed for reference beside the ``uint8-uint8-384`` group."""
+    if device == "cuda":
+        pytest.skip("PyTorch has no uint8 bicubic kernel on CUDA")
+    benchmark.group = f"{device}-uint8-uint8-384"
+    x = _input(torch.uint8, device)
+    out = benchmark(lambda: F.interpolate(x, size=(384, 384), mode="bicubic", align_corners=False))
     assert out.dtype == torch.uint8
+    benchmark.extra_info["bytes"] = x.numel() + out.numel()

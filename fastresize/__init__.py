@@ -1,21 +1,28 @@
 """fastresize: multi-scale training for PyTorch, with max-size-first and a GPU batch resize."""
 
+from fastresize import functional
+from fastresize._batch import BatchFormat
+from fastresize.collate import ResizeCollate
 from fastresize.counter import StepCounter
-from fastresize.loader import ResizeCollate, ResizeLoader, wrap
+from fastresize.loader import ResizeLoader, wrap
 from fastresize.memory import MemoryProfiler
 from fastresize.policy import MultiScalePolicy
+from fastresize.prefetch import DevicePrefetcher
 from fastresize.scheduler import CosineAnnealingWarmbootingLR
 from fastresize.transform import BatchResize, ResizedBatch
 
 __all__ = [
+    "BatchFormat",
     "BatchResize",
     "CosineAnnealingWarmbootingLR",
+    "DevicePrefetcher",
     "MemoryProfiler",
     "MultiScalePolicy",
     "ResizeCollate",
     "ResizeLoader",
     "ResizedBatch",
     "StepCounter",
+    "functional",
     "wrap",
 ]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

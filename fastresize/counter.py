@@ -81,7 +81,8 @@ class StepCounter:
         """Continue from a saved position, as a new process.
 
         Loading starts a new run: ``epoch_to_start`` becomes the saved epoch, so ``global_step``
-        counts from the resumed position and max-size-first runs again (SPEC §2). Resume at an epoch
+        counts from the resumed position and max-size-first runs again (a new process starts with an empty
+        allocator, so the largest size must come first again). Resume at an epoch
         boundary (``batch == 0``) to get the full max-size-first window.
 
         Raises:

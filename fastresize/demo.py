@@ -13,9 +13,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from fastresize._batch import BatchFormat
 from fastresize._checks import check_int
+from fastresize.collate import ResizeCollate
 from fastresize.counter import StepCounter
-from fastresize.loader import ResizeCollate, wrap
+from fastresize.loader import wrap
 from fastresize.scheduler import CosineAnnealingWarmbootingLR
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
@@ -153,7 +155,7 @@ def run_demo(
         shuffle=True,
         num_workers=workers,
         persistent_workers=workers > 0,
-        collate_fn=ResizeCollate(layout=layout),
+        collate_fn=ResizeCollate(format=BatchFormat(layout=layout)),
         generator=torch.Generator().manual_seed(seed),
     )
     steps_per_epoch = len(loader)
@@ -213,15 +215,17 @@ def print_table(records: list[StepRecord], device: str, file: TextIO) -> None:
 
 def add_arguments(parser: Any) -> None:
     """Declare the demo's command-line options on an ``argparse`` parser."""
-    parser.add_argument("--steps", type=int, default=48, help="training steps (default: 48)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers (default: 2)")
-    parser.add_argument("--lower", type=int, default=64, help="smallest training size (default: 64)")
-    parser.add_argument("--upper", type=int, default=128, help="largest training size (default: 128)")
-    parser.add_argument("--image-size", type=int, default=128, help="size the workers hand over (default: 128)")
-    parser.add_argument("--images", type=int, default=64, help="synthetic images (default: 64)")
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=48, help="training steps")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per batch")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers")
+    parser.add_argument("--lower", type=int, default=64, help="smallest training size")
+    parser.add_argument("--upper", type=int, default=128, help="largest training size, used for the first steps")
+    parser.add_argument("--image-size", type=int, default=128, help="side length of the images the workers hand over")
+    parser.add_argument("--images", type=int, default=64, help="number of synthetic images (without --data)")
+    parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of the warmboot scheduler")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sizes, the shuffling and the model")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    parser.add_argument("--data", default=None, help="train on this folder of images instead of synthetic ones")
+    parser.add_argument(
+        "--data", default=None, help="train on this folder of images (needs Pillow) instead of synthetic ones"
+    )
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")

@@ -53,7 +53,8 @@ class StepMemory:
         peak_reserved_bytes: CUDA: peak memory held by the caching allocator.
         num_alloc_retries: CUDA: allocator retries so far (a cache flush after a failed ``cudaMalloc``).
         num_ooms: CUDA: out-of-memory errors so far.
-        inactive_split_bytes: CUDA: bytes in split blocks that are free but not reusable (fragmentation).
+        inactive_split_bytes: CUDA: the step's peak of free bytes inside split blocks, which the allocator
+            cannot hand back while the rest of their segment is in use (fragmentation).
         new_shape: Whether this step's ``size`` had not been seen before.
         peak_reset: CPU: whether the peak RSS could be reset for this step (else it is the process peak).
     """
@@ -126,7 +127,7 @@ class MemoryProfiler:
             record.peak_bytes = record.peak_reserved_bytes
             record.num_alloc_retries = int(stats.get("num_alloc_retries", 0))
             record.num_ooms = int(stats.get("num_ooms", 0))
-            record.inactive_split_bytes = int(stats.get("inactive_split_bytes.all.current", 0))
+            record.inactive_split_bytes = int(stats.get("inactive_split_bytes.all.peak", 0))
         else:
             record.peak_bytes = read_status_kib("VmHWM") or 0
         self.records.append(record)

@@ -137,13 +137,26 @@ class MultiScalePolicy:
         return max(self.multiple, math.floor(length / self.multiple + 0.5) * self.multiple)
 
     def state_dict(self) -> dict[str, Any]:
-        """Return the settings as a dict of plain values."""
+        """Return the settings as a dict of plain values.
+
+        A policy is a pure function of its settings and has no progress to save; its settings are
+        saved beside a run's progress so that a resume can check it is built the same way.
+        """
         return {key: getattr(self, key) for key in _STATE_KEYS}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Take the settings of a saved policy (validated as in ``__init__``)."""
+        """Check that a saved policy had these settings; the settings are configuration and stay as built.
+
+        Raises:
+            ValueError: the keys are wrong, or a saved setting differs from this policy's (both are named).
+        """
         check_state_keys("MultiScalePolicy", state, _STATE_KEYS)
-        self.__dict__.update(MultiScalePolicy(**state).__dict__)
+        for key in _STATE_KEYS:
+            if state[key] != getattr(self, key):
+                raise ValueError(
+                    f"the state was saved with {key}={state[key]!r} but this policy has {key}={getattr(self, key)!r}; "
+                    "build the policy with the saved settings to resume that run"
+                )
 
     def __repr__(self) -> str:
         args = ", ".join(f"{key}={getattr(self, key)!r}" for key in _STATE_KEYS)

@@ -20,8 +20,10 @@ class CosineAnnealingWarmbootingLR(LRScheduler):
     r"""Cosine annealing with warm restarts ("warmbooting") at milestone epochs.
 
     A drop-in replacement for the original ``CosineAnnealingWarmbootingLR`` (Huangdebo/CAWB): the
-    same arguments and, in the original call order, the same learning rates, with its defects fixed
-    (see SPEC.md §3).
+    same arguments and, in the original call order, the same learning rates, with its defects fixed:
+    sizes of the warmup and the restarts are checked, past the last epoch the lr holds its final value
+    instead of rising again, duplicate or out-of-range milestones warn, resuming does not replay the
+    warmup, and the base lr is each group's ``initial_lr`` rather than its current lr.
 
     The math. Let :math:`b_g` be param group *g*'s base lr (its ``initial_lr``), :math:`B` the
     batches per epoch, :math:`w` the warmup epochs and :math:`W = wB`. The segment boundaries are
@@ -312,7 +314,11 @@ class CosineAnnealingWarmbootingLR(LRScheduler):
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore a saved state and re-apply its lrs to the optimizer, warmup position included."""
+        """Restore a saved state and re-apply its lrs to the optimizer, warmup position included.
+
+        Raises:
+            ValueError: the keys or values are wrong, or the state's base lrs differ from the optimizer's.
+        """
         check_state_keys(type(self).__name__, state_dict, self._state_keys())
         base_lrs = [check_float(f"base_lrs[{i}]", lr, minimum=0.0) for i, lr in enumerate(state_dict["base_lrs"])]
         last_lr = [check_float(f"last_lr[{i}]", lr, minimum=0.0) for i, lr in enumerate(state_dict["last_lr"])]
@@ -322,11 +328,15 @@ class CosineAnnealingWarmbootingLR(LRScheduler):
                 f"the state holds {len(base_lrs)} param groups but the optimizer has {groups}; "
                 "add the same param groups before loading"
             )
+        self._sync_param_groups()
+        if base_lrs != self.base_lrs:
+            raise ValueError(
+                f"the state was saved with base_lrs={base_lrs} but this scheduler's optimizer has base lrs "
+                f"{self.base_lrs} (each group's initial_lr); the base lr is configuration: build the optimizer with "
+                "the saved lr, or load the optimizer's state before building the scheduler"
+            )
         if self.counter is None:
             epochs_done = check_int("last_epoch", state_dict["last_epoch"], minimum=0)
             batches_done = check_int("batches_done", state_dict["batches_done"], minimum=0)
             self._epochs_done, self._batches_done = epochs_done, batches_done
-        self.base_lrs = base_lrs
-        for group, base in zip(self.optimizer.param_groups, base_lrs, strict=True):
-            group["initial_lr"] = base
         self._apply(last_lr)

@@ -1,23 +1,22 @@
-"""The batch transform: resizes a whole batch on its own device, built as a Kornia augmentation."""
+"""The batch transform: resizes a whole batch and its targets on their device, as a Kornia augmentation."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from kornia.augmentation import GeometricAugmentationBase2D
 
-from fastresize._batch import LAYOUTS, BatchFields, Key
-from fastresize._checks import check_choice, check_float, check_int
-from fastresize.counter import StepCounter
+from fastresize import functional
+from fastresize._batch import BatchFormat
+from fastresize._checks import check_choice, check_int
+from fastresize.functional import Points
 from fastresize.policy import MultiScalePolicy
 
-_IMAGE_DTYPES = (torch.uint8, torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-Points = torch.Tensor | Sequence[torch.Tensor]
-"""Boxes or keypoints: one tensor for the batch, or one tensor per image (detection style)."""
+_IMAGE_DTYPES = functional.IMAGE_DTYPES
+FIXED_SIZE_CHECKED_STEPS = 5
+"""With a fixed size, ``validate=None`` checks the value range while ``global_step`` is below this."""
 
 
 class ResizedBatch(NamedTuple):
@@ -29,42 +28,31 @@ class ResizedBatch(NamedTuple):
     keypoints: Points | None = None
 
 
-def _nearest_indices(size_in: int, size_out: int, device: torch.device) -> torch.Tensor:
-    """Source rows (or columns) of PyTorch's ``nearest-exact`` mode, for any dtype."""
-    # float32 reproduces F.interpolate's own index arithmetic, so both agree exactly.
-    centres = torch.arange(size_out, device=device, dtype=torch.float32) + 0.5
-    return (centres * (size_in / size_out)).floor_().long().clamp_(max=size_in - 1)
-
-
-def _scale_points(points: Points, scale: torch.Tensor, name: str) -> Points:
-    """Multiply the trailing coordinate axis of ``points`` by ``scale`` (x, y, x, y...)."""
-    if isinstance(points, torch.Tensor):
-        if points.ndim < 1 or points.shape[-1] != scale.numel():
-            raise ValueError(f"{name} must have a last dimension of {scale.numel()}, got shape {tuple(points.shape)}")
-        dtype = points.dtype if points.is_floating_point() else torch.float32
-        return points.to(dtype) * scale.to(points.device, dtype)
-    if isinstance(points, Sequence) and not isinstance(points, (str, bytes)):
-        return [_scale_points(p, scale, f"{name}[{i}]") for i, p in enumerate(points)]  # type: ignore[misc]
-    raise TypeError(f"{name} must be a tensor or a list of tensors, got {type(points).__name__}")
-
-
 class BatchResize(GeometricAugmentationBase2D):
-    """Resizes a batch of images with bicubic interpolation, on the batch's own device.
+    """Resizes a batch of images and its targets on the batch's own device, one size for all.
 
-    The size is either fixed (``size=``) or chosen per step by a :class:`MultiScalePolicy` from the
-    position of a :class:`StepCounter` (``policy=``, ``counter=``): the transform reads the counter
-    and never advances it. One step always gets one size, however often the transform is called.
+    The size of a call is, in order: ``size=`` given to the call (what
+    :class:`~fastresize.ResizeLoader` passes, having asked the policy itself); the fixed ``size``
+    of the transform; or the ``policy``'s size for the call's ``step=``. The transform keeps no
+    counter: whoever owns time gives it the step.
 
-    Interpolation is ``F.interpolate(mode="bicubic", align_corners=False)``, optionally with
-    PyTorch's native ``antialias``. The output is cut from autograd (``requires_grad`` is False).
-    A batch that already has the target size and dtype is returned as it is, without any work.
+    Images go through :func:`fastresize.functional.resize` (bicubic by default, a fused Triton
+    kernel on CUDA), so the output is an NCHW batch whatever ``format.layout`` the input has, and is
+    cut from autograd. A batch that already has the size and dtype is returned as it is, without
+    any work, unless a float ``value_range`` asks for the clamp: resized and unchanged batches are
+    then both clamped, so the same input always gives the same values.
 
     Values and dtypes:
         * uint8 output is rounded and clamped to ``[0, 255]``.
-        * float output is clamped to ``value_range`` when one is given: bicubic overshoots, and
-          ``[0, 1]`` data would otherwise come out in about ``[-0.19, 1.15]``.
+        * float output is clamped to ``value_range`` when one is given.
         * Converting between uint8 and float maps ``[0, 255]`` onto ``value_range``, which is then
-          required: workers ship compact uint8 and the device converts.
+          required: workers ship compact uint8 and the device converts. ``value_range`` with uint8
+          data that stays uint8 is an error (``dtype=`` is missing).
+        * Float input with a ``value_range`` is checked to lie in it (one ``aminmax`` and a device
+          sync): with ``validate=None`` while the call's ``global_step`` is below the policy's
+          ``max_first_steps`` (5 for a fixed size) and on every call given no step; on every call
+          with ``validate=True``; never with ``validate=False``. Data in 0..255 declared as
+          ``(0, 1)`` would otherwise come out clamped to almost all ones.
 
     Targets:
         * ``masks``: ``(B, H, W)`` or ``(B, C, H, W)`` of any dtype, nearest-neighbour
@@ -72,45 +60,42 @@ class BatchResize(GeometricAugmentationBase2D):
         * ``boxes``: ``xyxy`` in pixels, ``(..., 4)`` or a list of ``(N_i, 4)``.
         * ``keypoints``: ``xy`` in pixels, ``(..., 2)`` or a list of ``(N_i, 2)``.
 
-        Pixel convention: the image covers ``[0, W] x [0, H]`` and pixel ``(i, j)`` covers
-        ``[j, j + 1] x [i, i + 1]`` (torchvision's convention), which is the geometry of
-        ``align_corners=False``. Coordinates are therefore multiplied by ``W_out / W_in`` and
-        ``H_out / H_in``: a box covering the whole image still covers it after the resize. The same
-        scale matrix is what Kornia containers receive as ``transform_matrix``.
+        The image covers ``[0, W] x [0, H]`` (torchvision's convention, the geometry of
+        ``align_corners=False``): coordinates are multiplied by ``W_out / W_in`` and ``H_out / H_in``.
+        The same scale matrix is what Kornia containers receive as ``transform_matrix``.
 
     Calling it:
-        * ``resize(images, masks=..., boxes=..., keypoints=...)`` resizes every target in one call.
-        * ``transform(images)`` returns the resized images.
-        * ``transform(batch)`` with a dict or tuple/list batch returns a new batch of the same form
-          in which the images (``batch["image"]`` or ``batch[0]`` unless ``image_key`` says
-          otherwise) and the targets whose keys are given (``mask_key``, ``boxes_key``,
-          ``keypoints_key``) are resized; every other entry passes through untouched. This serves
-          latent-diffusion batches with ``batch["image"]`` in NHWC.
+        * ``transform(batch, size=None, step=None, global_step=None)``: ``batch`` is an image tensor,
+          or a dict, tuple, list or namedtuple batch described by ``format``; the result has the
+          same form, with the images and the declared targets resized and every other entry as it was.
+        * ``transform.resize(images, masks=, boxes=, keypoints=, size=, step=, global_step=)``
+          returns a :class:`ResizedBatch`.
         * Inside ``kornia.augmentation.AugmentationSequential`` it is a geometric augmentation with
           the data keys ``input``, ``mask``, ``bbox_xyxy`` and ``keypoints`` (Kornia requires float
-          images there).
+          NCHW images there). A container calls it without a step: use a fixed size, or give a
+          policy transform its step with :meth:`at` when building the container for that step.
 
     Args:
         size: A fixed output size: ``s`` for ``(s, s)``, or ``(height, width)``.
-        policy: The size policy, used with ``counter`` instead of ``size``.
-        counter: The step counter whose position picks the policy's size.
-        multiple: Each side of a fixed ``size`` must be a multiple of this.
+        policy: The size policy, instead of ``size``; each call then needs ``step=`` (or ``size=``).
+        interpolation: ``"bicubic"`` (the default), ``"bilinear"`` or ``"nearest"``.
         antialias: Low-pass filter when downscaling (PyTorch's native antialias).
         value_range: The ``(low, high)`` range of float data, e.g. ``(0, 1)`` or ``(-1, 1)``.
         dtype: Output dtype; ``None`` keeps the input's.
-        layout: ``"NCHW"`` or ``"NHWC"``: the layout of the images, kept in the output.
-        image_key: Where the images are in a dict (str) or tuple/list (int) batch.
-        mask_key: Where the masks are, if the batch has any to resize.
-        boxes_key: Where the boxes are, if any.
-        keypoints_key: Where the keypoints are, if any.
+        format: Where the images and targets are in a batch, and the images' layout;
+            ``None`` is ``BatchFormat()`` (images are the batch or its ``"image"``/``0`` entry, NCHW
+            with a guard against NHWC-looking shapes).
+        validate: When to check float input against ``value_range`` (see above).
+        backend: ``"auto"``, ``"triton"`` or ``"torch"`` (see :func:`fastresize.functional.resize`).
 
     Example:
         >>> policy = MultiScalePolicy(256, 512)
-        >>> counter = StepCounter(steps_per_epoch=100)
-        >>> resize = BatchResize(policy=policy, counter=counter, value_range=(0, 1), dtype=torch.float32)
+        >>> resize = BatchResize(policy=policy, value_range=(0, 1), dtype=torch.float32)
         >>> images = torch.randint(0, 256, (4, 3, 300, 300), dtype=torch.uint8)
-        >>> resize(images).shape  # max-size-first: step 0 uses the largest size
+        >>> resize(images, step=0).shape  # max-size-first: the first steps use the largest size
         torch.Size([4, 3, 512, 512])
+        >>> BatchResize(128)({"image": images, "label": 3})["image"].shape
+        torch.Size([4, 3, 128, 128])
     """
 
     def __init__(
@@ -118,20 +103,15 @@ class BatchResize(GeometricAugmentationBase2D):
         size: int | tuple[int, int] | None = None,
         *,
         policy: MultiScalePolicy | None = None,
-        counter: StepCounter | None = None,
-        multiple: int = 16,
+        interpolation: str = "bicubic",
         antialias: bool = False,
         value_range: tuple[float, float] | None = None,
         dtype: torch.dtype | None = None,
-        layout: str = "NCHW",
-        image_key: Key | None = None,
-        mask_key: Key | None = None,
-        boxes_key: Key | None = None,
-        keypoints_key: Key | None = None,
+        format: BatchFormat | None = None,  # noqa: A002
+        validate: bool | None = None,
+        backend: str = "auto",
     ) -> None:
         super().__init__(p=1.0, same_on_batch=True)
-        self.multiple = check_int("multiple", multiple, minimum=1)
-        self.size = None if size is None else self._check_size(size)
         if (size is None) == (policy is None):
             raise ValueError(
                 "BatchResize needs exactly one of size=... (a fixed size) or policy=... (multi-scale); "
@@ -139,108 +119,112 @@ class BatchResize(GeometricAugmentationBase2D):
             )
         if policy is not None and not isinstance(policy, MultiScalePolicy):
             raise TypeError(f"policy must be a MultiScalePolicy, got {type(policy).__name__}")
-        if policy is not None and not isinstance(counter, StepCounter):
-            raise TypeError(f"policy=... needs counter=StepCounter(...) to know the step, got counter={counter!r}")
-        if policy is None and counter is not None:
-            raise ValueError("counter=... is only used with policy=...; a fixed size needs no counter")
-        self.policy = policy
-        self.counter = counter
+        if format is not None and not isinstance(format, BatchFormat):
+            raise TypeError(f"format must be a BatchFormat or None, got {type(format).__name__}")
+        if validate is not None and not isinstance(validate, bool):
+            raise TypeError(f"validate must be True, False or None (automatic), got {validate!r}")
         if not isinstance(antialias, bool):
             raise TypeError(f"antialias must be a bool, got {antialias!r}")
-        self.antialias = antialias
-        self.value_range = None if value_range is None else self._check_range(value_range)
-        if dtype is not None and dtype not in _IMAGE_DTYPES:
-            raise TypeError(f"dtype must be one of {_IMAGE_DTYPES} or None, got {dtype!r}")
-        self.out_dtype = dtype
-        self.layout = check_choice("layout", layout, LAYOUTS)
-        self.fields = BatchFields(image_key, mask_key, boxes_key, keypoints_key)
-        self.flags = {"antialias": antialias}
+        dtype = functional.check_dtype(dtype)
+        value_range = functional.check_range(value_range)
+        self.size = None if size is None else functional.check_size(size)
+        self.policy = policy
+        self.format = format if format is not None else BatchFormat()
+        self.validate = validate
+        self.flags = {
+            "interpolation": check_choice("interpolation", interpolation, functional.INTERPOLATIONS),
+            "antialias": antialias,
+            "value_range": value_range,
+            "dtype": dtype,
+            "backend": check_choice("backend", backend, functional.BACKENDS),
+        }
+        # Set only on the copies that at() returns: the step a Kornia container's call stands for.
+        self._bound_step: tuple[int, int] | None = None
 
-    def _check_size(self, size: Any) -> tuple[int, int]:
-        pair = (size, size) if not isinstance(size, (tuple, list)) else tuple(size)
-        if len(pair) != 2:
-            raise ValueError(f"size must be an int or a (height, width) pair, got {size!r}")
-        h, w = (check_int("size", side, minimum=1) for side in pair)
-        if h % self.multiple or w % self.multiple:
-            raise ValueError(
-                f"size must be a multiple of multiple={self.multiple}, got {size!r}; round it or pass multiple=1"
-            )
-        return (h, w)
+    # ------------------------------------------------------------------------------------ time
+    @property
+    def checked_steps(self) -> int:
+        """With ``validate=None``: the value range is checked while ``global_step`` is below this."""
+        return self.policy.max_first_steps if self.policy is not None else FIXED_SIZE_CHECKED_STEPS
 
-    @staticmethod
-    def _check_range(value_range: Any) -> tuple[float, float]:
-        if not isinstance(value_range, (tuple, list)) or len(value_range) != 2:
-            raise ValueError(f"value_range must be a (low, high) pair, got {value_range!r}")
-        low = check_float("value_range[0]", value_range[0])
-        high = check_float("value_range[1]", value_range[1])
-        if low >= high:
-            raise ValueError(f"value_range must have low < high, got {value_range!r}")
-        return (low, high)
+    def target_size(
+        self,
+        shape: Sequence[int],
+        *,
+        size: int | tuple[int, int] | None = None,
+        step: int | None = None,
+        global_step: int | None = None,
+    ) -> tuple[int, int]:
+        """Return the ``(height, width)`` of a call on an NCHW input of ``shape``.
 
-    def target_size(self, shape: Sequence[int]) -> tuple[int, int]:
-        """Return the ``(height, width)`` for the current step and an NCHW input ``shape``."""
-        if self.policy is not None and self.counter is not None:
-            return self.policy.size_for(self.counter.absolute_step, self.counter.global_step, shape)
-        return cast(tuple[int, int], self.size)
+        Raises:
+            ValueError: a policy transform is called without ``step=`` or ``size=``.
+        """
+        if size is not None:
+            return functional.check_size(size)
+        if self.policy is None:
+            return self.size  # type: ignore[return-value]
+        if step is None:
+            if self._bound_step is None:
+                raise ValueError(
+                    "BatchResize(policy=...) needs the step of each call: transform(batch, step=absolute_step) "
+                    "(global_step defaults to step), or transform(batch, size=...); ResizeLoader passes the size"
+                )
+            step, global_step = self._bound_step
+        return self.policy.size_for(step, step if global_step is None else global_step, shape)
 
-    # ----------------------------------------------------------------------------------- images
-    def _check_images(self, images: Any) -> torch.Tensor:
-        if not isinstance(images, torch.Tensor):
-            raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
-        if images.ndim != 4:
-            raise ValueError(
-                f"images must be a 4-D {self.layout} batch, got shape {tuple(images.shape)}; "
-                "add a batch dimension with images.unsqueeze(0)"
-            )
-        if images.dtype not in _IMAGE_DTYPES:
-            raise TypeError(f"images must have a dtype in {_IMAGE_DTYPES}, got {images.dtype}")
-        return images if self.layout == "NCHW" else images.permute(0, 3, 1, 2)
+    def _validates(self, step: int | None, global_step: int | None) -> bool:
+        if self.validate is not None:
+            return self.validate
+        given = global_step if global_step is not None else step
+        if given is None and self._bound_step is not None:
+            given = self._bound_step[1]
+        return given is None or given < self.checked_steps
 
-    def _resize_images(self, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """Resize an NCHW batch to ``size`` and convert it to the output dtype."""
-        out_dtype = self.out_dtype or images.dtype
-        if tuple(images.shape[-2:]) == size and images.dtype == out_dtype:
-            return images.detach()
-        converts = (images.dtype == torch.uint8) != (out_dtype == torch.uint8)
-        if converts and self.value_range is None:
-            raise ValueError(
-                f"converting {images.dtype} to {out_dtype} needs value_range=(low, high), "
-                "the float range that [0, 255] maps to, e.g. (0, 1) or (-1, 1)"
-            )
-        work_dtype = out_dtype if out_dtype.is_floating_point else images.dtype
-        if not work_dtype.is_floating_point or (
-            images.device.type == "cpu" and work_dtype in (torch.float16, torch.bfloat16)
-        ):
-            # Bicubic needs float; CPU half kernels lack antialias and are slow, so use float32 there.
-            work_dtype = torch.float32
-        x = images.to(work_dtype)
-        if images.dtype == torch.uint8 and out_dtype != torch.uint8:
-            low, high = self.value_range  # type: ignore[misc]
-            x = x.mul_((high - low) / 255.0).add_(low)
-        if tuple(x.shape[-2:]) != size:
-            x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=self.antialias)
-        if out_dtype == torch.uint8:
-            if images.dtype != torch.uint8:
-                low, high = self.value_range  # type: ignore[misc]
-                x = x.sub_(low).mul_(255.0 / (high - low))
-            return x.round_().clamp_(0, 255).to(torch.uint8)
-        if self.value_range is not None:
-            x = x.clamp_(*self.value_range)
-        return x.to(out_dtype)
+    def at(self, step: int, global_step: int | None = None) -> BatchResize:
+        """Return a copy of this transform that uses ``step`` when called without one (e.g. by Kornia).
 
-    # ---------------------------------------------------------------------------------- targets
-    @staticmethod
-    def _resize_masks(masks: Any, size: tuple[int, int]) -> torch.Tensor:
-        if not isinstance(masks, torch.Tensor):
-            raise TypeError(f"masks must be a torch.Tensor, got {type(masks).__name__}")
-        if masks.ndim not in (3, 4):
-            raise ValueError(f"masks must be (B, H, W) or (B, C, H, W), got shape {tuple(masks.shape)}")
-        h_in, w_in = masks.shape[-2:]
-        if (h_in, w_in) == size:
-            return masks.detach()
-        rows = _nearest_indices(h_in, size[0], masks.device)
-        cols = _nearest_indices(w_in, size[1], masks.device)
-        return masks.detach().index_select(-2, rows).index_select(-1, cols)
+        Build the Kornia container of a step with it:
+        ``AugmentationSequential(flip, resize.at(step), data_keys=[...])``.
+
+        Args:
+            step: The absolute step.
+            global_step: Steps since this process started; defaults to ``step``.
+        """
+        step = check_int("step", step, minimum=0)
+        global_step = step if global_step is None else check_int("global_step", global_step, minimum=0)
+        flags = self.flags
+        bound = BatchResize(
+            self.size,
+            policy=self.policy,
+            interpolation=flags["interpolation"],
+            antialias=flags["antialias"],
+            value_range=flags["value_range"],
+            dtype=flags["dtype"],
+            format=self.format,
+            validate=self.validate,
+            backend=flags["backend"],
+        )
+        bound._bound_step = (step, global_step)
+        return bound
+
+    # --------------------------------------------------------------------------------- resizing
+    def _resize_images(
+        self, images: torch.Tensor, size: tuple[int, int], layout: str | None, check: bool, flags: dict[str, Any]
+    ) -> torch.Tensor:
+        if check:
+            functional.check_value_range(images, flags["value_range"])
+        # Named one by one: Kornia adds its own entries (e.g. data_keys) to the flags it passes.
+        return functional.resize(
+            images,
+            size,
+            interpolation=flags["interpolation"],
+            antialias=flags["antialias"],
+            value_range=flags["value_range"],
+            dtype=flags["dtype"],
+            layout=layout,
+            backend=flags["backend"],
+        )
 
     def resize(
         self,
@@ -248,58 +232,68 @@ class BatchResize(GeometricAugmentationBase2D):
         masks: torch.Tensor | None = None,
         boxes: Points | None = None,
         keypoints: Points | None = None,
+        *,
+        size: int | tuple[int, int] | None = None,
+        step: int | None = None,
+        global_step: int | None = None,
     ) -> ResizedBatch:
-        """Resize the images and every given target to this step's size, in one call.
+        """Resize the images and every given target to the call's size (see the class docstring).
 
         Args:
-            images: ``(B, C, H, W)`` (or ``(B, H, W, C)`` with ``layout="NHWC"``).
+            images: ``(B, C, H, W)``, or ``(B, H, W, C)`` with ``format.layout="NHWC"``.
             masks: ``(B, H, W)`` or ``(B, C, H, W)`` masks of the images, any dtype.
             boxes: ``xyxy`` pixel boxes, ``(..., 4)`` or a list of ``(N_i, 4)``.
             keypoints: ``xy`` pixel keypoints, ``(..., 2)`` or a list of ``(N_i, 2)``.
+            size: This call's size, instead of the fixed size or the policy's.
+            step: The absolute step, for a policy's size.
+            global_step: Steps since this process started (max-size-first and the range check);
+                defaults to ``step``.
 
         Returns:
-            A :class:`ResizedBatch` with the resized images and targets (``None`` where not given).
+            A :class:`ResizedBatch` with the NCHW images and the targets (``None`` where not given).
 
         Raises:
             TypeError: a non-tensor input, or an unsupported dtype.
-            ValueError: a wrong rank or shape, masks of another size than the images, or a uint8/float
-                conversion without ``value_range``.
+            ValueError: a wrong rank or layout, masks of another size than the images, a policy
+                without a step, float images outside ``value_range``, or a bad uint8/float conversion.
         """
-        nchw = self._check_images(images)
-        h_in, w_in = nchw.shape[-2:]
-        if masks is not None and isinstance(masks, torch.Tensor) and tuple(masks.shape[-2:]) != (h_in, w_in):
-            raise ValueError(
-                f"masks must have the images' height and width {(h_in, w_in)}, got shape {tuple(masks.shape)}"
-            )
-        size = self.target_size(nchw.shape)
-        with torch.no_grad():
-            out = self._resize_images(nchw, size)
-            if self.layout == "NHWC":
-                out = out.permute(0, 2, 3, 1)
-            scale_x, scale_y = size[1] / w_in, size[0] / h_in
-            return ResizedBatch(
-                images=out,
-                masks=None if masks is None else self._resize_masks(masks, size),
-                boxes=None
-                if boxes is None
-                else _scale_points(boxes, torch.tensor([scale_x, scale_y, scale_x, scale_y]), "boxes"),
-                keypoints=None
-                if keypoints is None
-                else _scale_points(keypoints, torch.tensor([scale_x, scale_y]), "keypoints"),
-            )
+        nchw = self.format.nchw(images)
+        in_size = (nchw.shape[-2], nchw.shape[-1])
+        if isinstance(masks, torch.Tensor) and tuple(masks.shape[-2:]) != in_size:
+            raise ValueError(f"masks must have the images' height and width {in_size}, got shape {tuple(masks.shape)}")
+        out_size = self.target_size(nchw.shape, size=size, step=step, global_step=global_step)
+        return ResizedBatch(
+            images=self._resize_images(
+                images, out_size, self.format.layout, self._validates(step, global_step), self.flags
+            ),
+            masks=None if masks is None else functional.resize_masks(masks, out_size),
+            boxes=None if boxes is None else functional.scale_boxes(boxes, in_size, out_size),
+            keypoints=None if keypoints is None else functional.scale_keypoints(keypoints, in_size, out_size),
+        )
 
-    def forward(self, input: Any, params: dict[str, torch.Tensor] | None = None, **kwargs: Any) -> Any:  # noqa: A002
-        """Resize an image batch, or the image and target entries of a dict batch.
+    def forward(  # type: ignore[override]
+        self,
+        input: Any,  # noqa: A002
+        params: dict[str, torch.Tensor] | None = None,
+        *,
+        size: int | tuple[int, int] | None = None,
+        step: int | None = None,
+        global_step: int | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Resize an image batch, or the image and target entries of a dict/tuple/list batch.
 
         Called with ``params`` (as Kornia containers do), it runs Kornia's augmentation path, which
-        ends in the same resize. Called plainly it skips Kornia's parameter bookkeeping, which would
-        cost more than the resize itself on a GPU.
+        ends in the same :func:`~fastresize.functional.resize`. Called plainly it skips Kornia's
+        parameter bookkeeping, which would cost more than the resize itself on a GPU.
         """
         if params is not None or kwargs:
             return super().forward(input, params=params, **kwargs)
-        given = self.fields.get(input)
-        resized = self.resize(**given)
-        return self.fields.put(input, {field: getattr(resized, field) for field in given})
+        if isinstance(input, torch.Tensor):  # the common case, without the batch-structure lookup
+            return self.resize(input, size=size, step=step, global_step=global_step).images
+        given = self.format.get(input)
+        resized = self.resize(**given, size=size, step=step, global_step=global_step)
+        return self.format.put(input, {field: getattr(resized, field) for field in given})
 
     # ------------------------------------------------------------- Kornia augmentation contract
     # apply_transform never reads the matrix, so Kornia may build it only when a box asks for it.
@@ -336,8 +330,9 @@ class BatchResize(GeometricAugmentationBase2D):
         flags: dict[str, Any],
         transform: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        with torch.no_grad():
-            return self._resize_images(input, self._param_size(params, input))
+        # Kornia hands over NCHW images; the step is the bound one, if any.
+        size = self._param_size(params, input)
+        return self._resize_images(input, size, "NCHW", self._validates(None, None), flags)
 
     def apply_transform_mask(
         self,
@@ -346,11 +341,9 @@ class BatchResize(GeometricAugmentationBase2D):
         flags: dict[str, Any],
         transform: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return self._resize_masks(input, self._param_size(params, input))
+        return functional.resize_masks(input, self._param_size(params, input))
 
     def extra_repr(self) -> str:
         source = f"size={self.size}" if self.policy is None else f"policy={self.policy!r}"
-        return (
-            f"{source}, antialias={self.antialias}, value_range={self.value_range}, "
-            f"dtype={self.out_dtype}, layout={self.layout!r}"
-        )
+        settings = ", ".join(f"{key}={value!r}" for key, value in self.flags.items())
+        return f"{source}, {settings}, format={self.format!r}, validate={self.validate!r}"

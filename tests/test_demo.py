@@ -91,3 +91,35 @@ def test_synthetic_images_and_model():
     model = ConvAutoencoder()
     for side in (48, 64):
         assert model(torch.rand(2, 3, side, side + 16)).shape == (2, 3, side, side + 16)
+
+
+def _help(capsys, *argv):
+    from fastresize.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--help"])
+    assert exit_info.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_help_is_plain_text_with_every_option_explained(capsys):
+    import argparse
+
+    from fastresize.__main__ import build_parser
+
+    top = _help(capsys)
+    assert "``" not in top and "python -m fastresize COMMAND --help" in top
+    subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, parser in subparsers.choices.items():
+        for action in parser._actions:
+            assert action.help, f"{name} {action.option_strings} has no help"
+        text = _help(capsys, name)
+        assert "``" not in text and ":func:" not in text
+    demo = _help(capsys, "demo")
+    for default in ("images per batch (default: 8)", "(default: 0.002)", "model (default: 0)"):
+        assert default in " ".join(demo.split()), default
+    assert "--data DIR" in demo and "synthetic" in demo  # not only synthetic images
+    memory = " ".join(_help(capsys, "memory").split())
+    assert "A default run takes about" in memory and "H100" in memory
+    assert "(default: 64 on cpu, 256 on cuda)" in memory and "(default: 3)" in memory
+    assert "(default: None)" not in memory and "(default: True)" not in memory

@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, TensorDataset
 
 from fastresize import (
+    BatchFormat,
     BatchResize,
     CosineAnnealingWarmbootingLR,
     MultiScalePolicy,
@@ -75,7 +76,7 @@ def test_tuple_batches_get_the_policy_sizes(workers):
     policy = MultiScalePolicy(16, 64, max_first_steps=2, seed=3)
     counter = StepCounter(steps_per_epoch=3)
     loader = DataLoader(_tensor_data(), batch_size=4, num_workers=workers, collate_fn=ResizeCollate())
-    wrapped = ResizeLoader(loader, BatchResize(policy=policy, counter=counter), device="cpu")
+    wrapped = ResizeLoader(loader, BatchResize(policy=policy), counter=counter, device="cpu")
     seen = []
     for _ in range(2):
         for images, labels in wrapped:
@@ -91,7 +92,8 @@ def test_tuple_batches_get_the_policy_sizes(workers):
     ("workers", "persistent", "context"), [(0, False, None), (2, True, None), (2, False, "spawn")], ids=str
 )
 def test_dict_batches_with_targets(workers, persistent, context):
-    collate = ResizeCollate(layout="NHWC", mask_key="mask", boxes_key="boxes")
+    fmt = BatchFormat(layout="NHWC", mask_key="mask", boxes_key="boxes")
+    collate = ResizeCollate(format=fmt)
     loader = DataLoader(
         DictImages(),
         batch_size=4,
@@ -101,38 +103,23 @@ def test_dict_batches_with_targets(workers, persistent, context):
         collate_fn=collate,
         pin_memory=False,
     )
-    transform = BatchResize(48, value_range=(0, 1), dtype=torch.float32, mask_key="mask", boxes_key="boxes")
+    transform = BatchResize(48, value_range=(0, 1), dtype=torch.float32, format=fmt)
     batches = list(ResizeLoader(loader, transform, device="cpu"))
     first = batches[0]
-    assert first["image"].shape == (4, 3, 48, 48) and first["image"].dtype == torch.float32
+    assert first["image"].shape == (4, 3, 48, 48) and first["image"].dtype == torch.float32  # NHWC in, NCHW out
+    expected = BatchResize(48, value_range=(0, 1), dtype=torch.float32, format=BatchFormat(layout="NHWC"))(
+        torch.stack([DictImages()[i]["image"] for i in range(4)])
+    )
+    assert torch.equal(first["image"], expected)
     assert first["mask"].shape == (4, 48, 48) and first["mask"].dtype == torch.int64
     assert [b.tolist() for b in first["boxes"]][2] == [[0.0, 0.0, 8.0, 8.0]] * 3  # 24 -> 48 doubles them
     assert first["caption"] == ["image 0", "image 1", "image 2", "image 3"]
     assert [len(b["caption"]) for b in batches] == [4, 4, 2]
 
 
-def test_collate_hands_over_contiguous_uint8_nchw():
-    samples = [DictImages()[i] for i in range(3)]
-    with pytest.raises(ValueError, match=r"must be declared with boxes_key=... or keypoints_key=..."):
-        ResizeCollate(layout="NHWC")(samples)
-    batch = ResizeCollate(layout="NHWC", boxes_key="boxes")(samples)
-    assert batch["image"].shape == (3, 3, 24, 24) and batch["image"].is_contiguous()
-    assert batch["image"].dtype == torch.uint8
-    assert torch.equal(batch["image"][1], samples[1]["image"].permute(2, 0, 1))
-    assert batch["mask"].shape == (3, 24, 24)  # undeclared: collated, untouched
-    assert [b.shape[0] for b in batch["boxes"]] == [1, 2, 3]  # declared: one tensor per image
-
-
-def test_collate_is_picklable():
-    import pickle
-
-    collate = pickle.loads(pickle.dumps(ResizeCollate(layout="NHWC", boxes_key="boxes")))
-    assert collate([DictImages()[0]])["image"].shape == (1, 3, 24, 24)
-
-
 def test_iterable_dataset_needs_steps_per_epoch():
     loader = DataLoader(Stream(), batch_size=2, collate_fn=ResizeCollate())
-    with pytest.raises(ValueError, match=r"an IterableDataset has no len\(\); pass steps_per_epoch=..."):
+    with pytest.raises(ValueError, match=r"the loader has no len\(\) \(an IterableDataset\); pass steps_per_epoch"):
         ResizeLoader(loader, BatchResize(32), device="cpu")
     wrapped = ResizeLoader(loader, BatchResize(32), device="cpu", steps_per_epoch=3)
     assert len(wrapped) == 3
@@ -145,9 +132,10 @@ def test_iterable_dataset_needs_steps_per_epoch():
 def test_a_broken_off_epoch_is_finished_by_the_next_iteration():
     counter = StepCounter(3)
     wrapped = ResizeLoader(
-        DataLoader(_tensor_data(), batch_size=4), BatchResize(policy=MultiScalePolicy(16, 32), counter=counter)
+        DataLoader(_tensor_data(), batch_size=4), BatchResize(policy=MultiScalePolicy(16, 32)), counter=counter
     )
     for _ in wrapped:
+        assert (counter.epoch, counter.batch) == (0, 1)  # the counter points at the next batch
         break
     assert len(list(wrapped)) == 2 and (counter.epoch, counter.batch) == (1, 0)
 
@@ -188,16 +176,14 @@ def test_counter_driven_scheduler_shares_the_counter():
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
     scheduler = CosineAnnealingWarmbootingLR(optimizer, epochs=4, warmup_epoch=1, counter=counter)
     wrapped = wrap(DataLoader(_tensor_data(), batch_size=4), 16, 32, device="cpu", scheduler=scheduler)
-    assert wrapped.counter is counter and wrapped.transform.counter is counter
+    assert wrapped.counter is counter
     lrs = []
     for _ in range(2):
         for _ in wrapped:
             lrs.append(optimizer.param_groups[0]["lr"])
     assert lrs == [scheduler.lr_at(e, b)[0] for e in range(2) for b in range(3)]
-    with pytest.raises(ValueError, match=r"must share one StepCounter"):
-        ResizeLoader(
-            wrapped.loader, BatchResize(policy=MultiScalePolicy(16, 32), counter=StepCounter(3)), None, "cpu", scheduler
-        )
+    with pytest.raises(ValueError, match=r"driven by another StepCounter than the loader's"):
+        ResizeLoader(wrapped.loader, BatchResize(32), counter=StepCounter(3), device="cpu", scheduler=scheduler)
 
 
 def test_pass_through_and_set_epoch():
@@ -221,6 +207,21 @@ def test_pin_memory_loader():
         assert [b[0].shape for b in wrap(loader, 32, 32, device="cpu")] == [(5, 3, 32, 32)] * 2
 
 
+def test_empty_loader_is_named():
+    with pytest.raises(ValueError, match=r"the loader is empty \(len\(loader\) == 0\): its dataset has 3 samples"):
+        wrap(DataLoader(_tensor_data(n=3), batch_size=4, drop_last=True), 16, 32, device="cpu")
+
+
+def test_format_is_taken_from_the_collate_and_must_agree():
+    fmt = BatchFormat(layout="NHWC", mask_key="mask", boxes_key="boxes")
+    loader = DataLoader(DictImages(n=4), batch_size=2, collate_fn=ResizeCollate(format=fmt))
+    wrapped = wrap(loader, 16, 32, device="cpu")
+    assert wrapped.transform.format == fmt
+    assert [b["mask"].shape for b in wrapped] == [(2, 32, 32)] * 2  # the mask was resized: the format came along
+    with pytest.raises(ValueError, match=r"differs from the loader's ResizeCollate format"):
+        wrap(loader, 16, 32, device="cpu", format=BatchFormat(layout="NHWC"))
+
+
 def test_bad_inputs():
     transform = BatchResize(32)
     with pytest.raises(ValueError, match=r"device='cuda' was asked for, but CUDA is not available"):
@@ -235,44 +236,52 @@ def test_bad_inputs():
         ResizeLoader([], lambda x: x)
     with pytest.raises(ValueError, match=r"the images of one batch must share a shape to be stacked, got shapes"):
         list(ResizeLoader(DataLoader(Mixed(), batch_size=2, collate_fn=ResizeCollate()), transform, device="cpu"))
-    with pytest.raises(TypeError, match=r"the images must collate into a torch.Tensor, got list"):
-        list(ResizeLoader(DataLoader(Listy(), batch_size=2, collate_fn=ResizeCollate()), transform, device="cpu"))
     with pytest.raises(TypeError, match=r"images must be a torch.Tensor, got list"):
         list(ResizeLoader(DataLoader(Listy(), batch_size=2), transform, device="cpu"))
     with pytest.raises(ValueError, match=r"steps_per_epoch=4 disagrees with len\(loader\)=3"):
         ResizeLoader(DataLoader(_tensor_data(), batch_size=4), transform, device="cpu", steps_per_epoch=4)
     with pytest.raises(ValueError, match=r"counter.steps_per_epoch=4 disagrees with len\(loader\)=3"):
-        counted = BatchResize(policy=MultiScalePolicy(16, 32), counter=StepCounter(4))
-        ResizeLoader(DataLoader(_tensor_data(), batch_size=4), counted, device="cpu")
+        ResizeLoader(DataLoader(_tensor_data(), batch_size=4), transform, counter=StepCounter(4), device="cpu")
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
     scheduler = CosineAnnealingWarmbootingLR(optimizer, epochs=3, batchs=5, warmup_epoch=1)
     with pytest.raises(ValueError, match=r"the scheduler's batchs=5 disagrees with the loader's 3 batches per epoch"):
         ResizeLoader(DataLoader(_tensor_data(), batch_size=4), transform, device="cpu", scheduler=scheduler)
-    with pytest.raises(TypeError, match=r"collate_fn must be callable or None, got 3"):
-        ResizeCollate(3)
-    with pytest.raises(ValueError, match=r"ResizeCollate got an empty list of samples"):
-        ResizeCollate()([])
-    with pytest.raises(ValueError, match=r"the images must collate into a 4-D batch, got shape \(2, 5\)"):
-        ResizeCollate()([torch.zeros(5), torch.zeros(5)])
-    with pytest.raises(ValueError, match=r"layout must be one of 'NCHW', 'NHWC'; got 'HWC'"):
-        ResizeCollate(layout="HWC")
     loader = DataLoader(_tensor_data(), batch_size=4)
     with pytest.raises(TypeError, match=r"counter must be a StepCounter or None, got int"):
         ResizeLoader(loader, transform, counter=3, device="cpu")
-    with pytest.raises(TypeError, match=r"scheduler must be a CosineAnnealingWarmbootingLR or None, got StepLR"):
-        ResizeLoader(loader, transform, device="cpu", scheduler=torch.optim.lr_scheduler.StepLR(optimizer, 1))
+    with pytest.raises(TypeError, match=r"scheduler must be a CosineAnnealingWarmbootingLR, .*got int"):
+        ResizeLoader(loader, transform, device="cpu", scheduler=3)
     with pytest.raises(ValueError, match=r"steps_per_epoch must be an int >= 1, got 0"):
-        ResizeLoader([torch.zeros(1, 3, 8, 8)], transform, device="cpu", steps_per_epoch=0)
+        ResizeLoader(_Unsized(), transform, device="cpu", steps_per_epoch=0)
+    with pytest.raises(TypeError, match=r"policy must be a MultiScalePolicy or None, got int"):
+        ResizeLoader(loader, transform, 3, device="cpu")
+    with pytest.raises(ValueError, match=r"epoch_to_start=2 is for a new counter, but a counter was given"):
+        wrap(loader, 16, 32, device="cpu", counter=StepCounter(3), epoch_to_start=2)
+
+
+class _Unsized:
+    def __iter__(self):
+        yield torch.zeros(1, 3, 8, 8, dtype=torch.uint8)
 
 
 class _Wrapped:
     """A loader with a multi-scale policy and a warmboot scheduler, built the same way every time."""
 
-    def __init__(self):
-        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
-        self.scheduler = CosineAnnealingWarmbootingLR(optimizer, epochs=5, steps=[3], batchs=3, warmup_epoch=1)
-        loader = DataLoader(_tensor_data(), batch_size=4)
-        self.loader = wrap(loader, 16, 64, device="cpu", scheduler=self.scheduler, max_first_steps=2, seed=9)
+    def __init__(self, lower=16, upper=64, multiple=16, seed=9, batch_size=4, lr=0.1):
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+        batchs = -(-10 // batch_size)
+        self.scheduler = CosineAnnealingWarmbootingLR(optimizer, epochs=5, steps=[3], batchs=batchs, warmup_epoch=1)
+        loader = DataLoader(_tensor_data(), batch_size=batch_size)
+        self.loader = wrap(
+            loader,
+            lower,
+            upper,
+            multiple=multiple,
+            device="cpu",
+            scheduler=self.scheduler,
+            max_first_steps=2,
+            seed=seed,
+        )
 
     def state_dict(self):
         return self.loader.state_dict()
@@ -307,12 +316,60 @@ def test_bad_state():
         "counter": {**before["counter"], "epoch": 7},
         "scheduler": {**before["scheduler"], "last_epoch": 7},
     }
-    with pytest.raises(ValueError, match=r"lower must be <= upper, got lower=64 and upper=16"):
-        wrapped.load_state_dict({**later, "policy": {**before["policy"], "lower": 64, "upper": 16}})
+    with pytest.raises(ValueError, match=r"saved with lower=8 but this policy has lower=16"):
+        wrapped.load_state_dict({**later, "policy": {**before["policy"], "lower": 8}})
     assert wrapped.state_dict() == before  # nothing half-loaded
     with pytest.raises(ValueError, match=r"batches_done must be an int >= 0, got -1"):
         wrapped.load_state_dict({**later, "scheduler": {**later["scheduler"], "batches_done": -1}})
     assert wrapped.state_dict() == before
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"lower": 32}, r"saved with lower=16 but this policy has lower=32"),
+        ({"upper": 128}, r"saved with upper=64 but this policy has upper=128"),
+        ({"multiple": 8}, r"saved with multiple=16 but this policy has multiple=8"),
+        ({"seed": 1}, r"saved with seed=9 but this policy has seed=1"),
+        ({"batch_size": 2}, r"state\['steps_per_epoch'\] is 3 but this counter has steps_per_epoch=5"),
+    ],
+    ids=str,
+)
+def test_settings_are_configuration_not_state(setting, message):
+    saved = _Wrapped()
+    _epochs(saved, 1)
+    state = saved.state_dict()
+    other = _Wrapped(**setting)
+    before = other.state_dict()
+    with pytest.raises(ValueError, match=message):
+        other.load_state_dict(state)
+    assert other.state_dict() == before  # the user's settings stay, nothing was loaded
+
+
+def test_base_lr_is_configuration():
+    state = _Wrapped().state_dict()
+    other = _Wrapped(lr=0.5)
+    with pytest.raises(
+        ValueError, match=r"saved with base_lrs=\[0.1\] but this scheduler's optimizer has base lrs \[0.5\]"
+    ):
+        other.load_state_dict(state)
+
+
+def test_saving_inside_the_loop_counts_the_batch_in_hand():
+    uninterrupted = _Wrapped()
+    expected = _epochs(uninterrupted, 3)
+    first = _Wrapped()
+    seen = []
+    for images, _ in first.loader:
+        seen.append((tuple(images.shape[2:]), first.scheduler.get_last_lr()))
+        if len(seen) == 2:
+            state = first.state_dict()  # after batch 1's update: resume at batch 2
+            break
+    resumed = _Wrapped()
+    resumed.load_state_dict(state)
+    rest = _epochs(resumed, 3)  # batch 2 of epoch 0 (a resume mid-epoch finishes it), then epochs 1 and 2
+    # global_step is 2 at the resume, past max_first_steps=2: sizes and lrs continue exactly
+    assert seen + rest == expected
 
 
 def test_state_round_trip():
@@ -383,23 +440,16 @@ def test_two_rank_ddp_gets_the_same_sizes(tmp_path):
 @pytest.mark.cuda
 def test_cuda_prefetch_path():
     data = DictImages(n=12, size=64)
-    loader = DataLoader(
-        data, batch_size=4, num_workers=2, pin_memory=True, collate_fn=ResizeCollate(layout="NHWC", boxes_key="boxes")
-    )
-    counter = StepCounter(3)
-    transform = BatchResize(
-        policy=MultiScalePolicy(32, 96, seed=1),
-        counter=counter,
-        value_range=(0, 1),
-        dtype=torch.float16,
-        boxes_key="boxes",
-    )
+    fmt = BatchFormat(layout="NHWC", boxes_key="boxes")
+    loader = DataLoader(data, batch_size=4, num_workers=2, pin_memory=True, collate_fn=ResizeCollate(format=fmt))
+    policy = MultiScalePolicy(32, 96, seed=1)
+    transform = BatchResize(policy=policy, value_range=(0, 1), dtype=torch.float16, format=fmt)
     wrapped = ResizeLoader(loader, transform, device="cuda")
     for batch, index in zip(wrapped, range(3), strict=True):
-        expected_size = transform.policy.size_for(index, index)
+        expected_size = policy.size_for(index, index)
         assert batch["image"].is_cuda and batch["image"].dtype == torch.float16
         assert tuple(batch["image"].shape[2:]) == expected_size
         assert batch["boxes"][0].is_cuda
-        cpu = ResizeCollate(layout="NHWC")([data[i] for i in range(index * 4, index * 4 + 4)])["image"]
-        reference = BatchResize(expected_size, value_range=(0, 1), dtype=torch.float32)(cpu.cuda())
-        assert torch.allclose(batch["image"].float(), reference, atol=2e-3)
+        cpu = ResizeCollate(format=fmt)([data[i] for i in range(index * 4, index * 4 + 4)])["image"]
+        reference = BatchResize(expected_size, value_range=(0, 1), dtype=torch.float32, format=fmt)(cpu)
+        assert torch.allclose(batch["image"].float().cpu(), reference, atol=2e-3)

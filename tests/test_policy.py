@@ -153,6 +153,15 @@ def _run(policy, n):
 
 def test_state_round_trip():
     assert_round_trip(lambda: MultiScalePolicy(128, 384, seed=5, side="long"), _run, before=0, after=30)
-    restored = MultiScalePolicy(16, 32)
-    restored.load_state_dict(MultiScalePolicy(128, 384, seed=5, side="long").state_dict())
-    assert repr(restored) == repr(MultiScalePolicy(128, 384, seed=5, side="long"))
+
+
+@pytest.mark.parametrize(
+    ("key", "saved", "built"), [("lower", 64, 96), ("upper", 128, 256), ("multiple", 8, 16), ("seed", 3, 0)]
+)
+def test_loading_other_settings_raises_and_changes_nothing(key, saved, built):
+    settings = {"lower": 96, "upper": 256, "multiple": 16, "seed": 0}
+    policy = MultiScalePolicy(**settings)
+    state = MultiScalePolicy(**{**settings, key: saved}).state_dict()
+    with pytest.raises(ValueError, match=rf"saved with {key}={saved} but this policy has {key}={built}"):
+        policy.load_state_dict(state)
+    assert repr(policy) == repr(MultiScalePolicy(**settings))

@@ -17,7 +17,7 @@ def _optimizer(*lrs):
 
 
 def _cos(t, gap, eta):
-    """SPEC.md §3's curve: ((1 + cos(pi t / gap)) / 2) (1 - eta_min) + eta_min."""
+    """The original's curve: ((1 + cos(pi t / gap)) / 2) (1 - eta_min) + eta_min."""
     return ((1 + math.cos(t * math.pi / gap)) / 2) * (1 - eta) + eta
 
 

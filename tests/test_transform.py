@@ -1,9 +1,12 @@
+from collections import namedtuple
+
 import kornia.augmentation as K
 import pytest
 import torch
 import torch.nn.functional as F
 
-from fastresize import BatchResize, MultiScalePolicy, StepCounter
+from fastresize import BatchResize, MultiScalePolicy
+from fastresize._batch import BatchFormat
 
 FLOAT_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
@@ -20,7 +23,8 @@ def test_bicubic_equals_interpolate(device, dtype):
     x = _images(dtype, device)
     for size in [(16, 32), (48, 64), (32, 32)]:
         expected = F.interpolate(x, size=size, mode="bicubic", align_corners=False)
-        assert torch.equal(BatchResize(size)(x), expected)
+        assert torch.equal(BatchResize(size, backend="torch")(x), expected)
+        assert torch.allclose(BatchResize(size)(x), expected, atol=1e-5, rtol=0)  # Triton on CUDA
 
 
 @pytest.mark.parametrize("dtype", [*FLOAT_DTYPES, torch.uint8])
@@ -69,20 +73,11 @@ def test_float_output_is_clamped_to_the_declared_range(device):
 def test_uint8_output_is_rounded_and_clamped(device):
     x = torch.zeros(1, 1, 8, 8, dtype=torch.uint8, device=device)
     x[..., 4:] = 255
-    out = BatchResize(32)(x)
     reference = F.interpolate(x.float(), size=(32, 32), mode="bicubic", align_corners=False)
-    assert torch.equal(out, reference.round().clamp(0, 255).to(torch.uint8))
-
-
-@pytest.mark.parametrize("value_range", [(0.0, 1.0), (-1.0, 1.0)])
-def test_uint8_round_trips_through_float(device, value_range):
-    x = _images(torch.uint8, device)
-    as_float = BatchResize((24, 40), multiple=8, value_range=value_range, dtype=torch.float32)(x)
-    low, high = value_range
-    assert as_float.dtype == torch.float32 and as_float.min() >= low and as_float.max() <= high
-    assert torch.allclose(as_float, x.float() / 255 * (high - low) + low, atol=1e-6)
-    back = BatchResize((24, 40), multiple=8, value_range=value_range, dtype=torch.uint8)(as_float)
-    assert torch.equal(back, x)
+    reference = reference.round().clamp(0, 255).to(torch.uint8)
+    assert torch.equal(BatchResize(32, backend="torch")(x), reference)
+    out = BatchResize(32)(x)  # Triton on CUDA rounds halves up: within one level
+    assert out.dtype == torch.uint8 and (out.int() - reference.int()).abs().max() <= 1
 
 
 def test_uint8_to_float_resize_matches_converting_first(device):
@@ -90,46 +85,39 @@ def test_uint8_to_float_resize_matches_converting_first(device):
     out = BatchResize((48, 80), value_range=(-1, 1), dtype=torch.float32)(x)
     converted = x.float() / 255 * 2 - 1
     expected = F.interpolate(converted, size=(48, 80), mode="bicubic", align_corners=False).clamp(-1, 1)
-    assert torch.allclose(out, expected, atol=1e-6)
+    assert torch.allclose(out, expected, atol=1e-5, rtol=0)
 
 
-def test_policy_and_counter_pick_the_size():
+def test_policy_picks_the_size_of_the_given_step():
     policy = MultiScalePolicy(32, 96, max_first_steps=2, seed=1)
-    counter = StepCounter(steps_per_epoch=10)
-    resize = BatchResize(policy=policy, counter=counter)
+    resize = BatchResize(policy=policy)
     x = torch.rand(2, 3, 50, 50)
-    for _ in range(25):
-        expected = policy.size_for(counter.absolute_step, counter.global_step)
-        assert resize(x).shape[-2:] == expected
-        assert resize(x).shape[-2:] == expected  # asked twice in a step: one size
-        counter.advance()
-    counter_0 = StepCounter(10)
-    assert BatchResize(policy=policy, counter=counter_0)(x).shape[-2:] == (96, 96)
+    for step in range(25):
+        assert resize(x, step=step).shape[-2:] == policy.size_for(step, step)
+        assert resize(x, step=step, global_step=7).shape[-2:] == policy.size_for(step, 7)
+    assert resize(x, step=100, global_step=0).shape[-2:] == (96, 96)  # max-size-first in a resumed process
+
+
+def test_an_explicit_size_wins():
+    x = torch.rand(2, 3, 50, 50)
+    assert BatchResize(policy=MultiScalePolicy(32, 96))(x, size=(48, 80)).shape[-2:] == (48, 80)
+    assert BatchResize(64)(x, size=40).shape[-2:] == (40, 40)
+    assert BatchResize(64)(x).shape[-2:] == (64, 64)
+
+
+def test_a_policy_needs_the_step():
+    with pytest.raises(
+        ValueError, match=r"BatchResize\(policy=...\) needs the step of each call: transform\(batch, step"
+    ):
+        BatchResize(policy=MultiScalePolicy(32, 96))(torch.rand(1, 3, 8, 8))
 
 
 def test_aspect_policy_keeps_the_ratio():
-    resize = BatchResize(policy=MultiScalePolicy(64, 128, side="short"), counter=StepCounter(1))
-    assert resize(torch.rand(1, 3, 60, 90)).shape[-2:] == (128, 192)
+    resize = BatchResize(policy=MultiScalePolicy(64, 128, side="short"))
+    assert resize(torch.rand(1, 3, 60, 90), step=0).shape[-2:] == (128, 192)
 
 
-def test_masks_use_nearest_and_keep_labels(device):
-    labels = torch.randint(0, 5, (2, 24, 40), device=device)
-    out = BatchResize((48, 32)).resize(_images(torch.float32, device), masks=labels)
-    expected = F.interpolate(labels[:, None].float(), size=(48, 32), mode="nearest-exact")[:, 0].long()
-    assert out.masks is not None and out.masks.dtype == torch.int64 and torch.equal(out.masks, expected)
-    bool_masks = labels[:, None] > 2
-    resized = BatchResize((48, 32)).resize(_images(torch.float32, device), masks=bool_masks).masks
-    assert resized is not None and resized.dtype == torch.bool and resized.shape == (2, 1, 48, 32)
-
-
-@pytest.mark.parametrize(("h_in", "h_out"), [(512, 384), (512, 496), (300, 512), (37, 91)])
-def test_nearest_indices_match_pytorch(h_in, h_out):
-    x = torch.arange(h_in, dtype=torch.float32).view(1, 1, h_in, 1).expand(1, 1, h_in, 3)
-    out = BatchResize((h_out, 16), multiple=1).resize(torch.rand(1, 3, h_in, 3), masks=x).masks
-    assert torch.equal(out, F.interpolate(x, size=(h_out, 16), mode="nearest-exact"))
-
-
-def test_boxes_and_keypoints_follow_the_image(device):
+def test_targets_follow_the_image(device):
     # A white rectangle, its box and its corner keypoint: after a 2x / 1.5x resize the rectangle's
     # mask must fill exactly the scaled box.
     images = torch.zeros(1, 1, 20, 40, device=device)
@@ -138,20 +126,13 @@ def test_boxes_and_keypoints_follow_the_image(device):
     images[..., 4:10, 8:20] = 1.0
     boxes = torch.tensor([[[8.0, 4.0, 20.0, 10.0]]], device=device)  # xyxy, pixel edges
     keypoints = torch.tensor([[[8.0, 4.0]]], device=device)
-    out = BatchResize((40, 60), multiple=1).resize(images, masks=masks, boxes=boxes, keypoints=keypoints)
+    out = BatchResize((40, 60)).resize(images, masks=masks, boxes=boxes, keypoints=keypoints)
     assert out.boxes is not None and out.keypoints is not None and out.masks is not None
     assert torch.equal(out.boxes, torch.tensor([[[12.0, 8.0, 30.0, 20.0]]], device=device))
     assert torch.equal(out.keypoints, torch.tensor([[[12.0, 8.0]]], device=device))
     x1, y1, x2, y2 = (int(v) for v in out.boxes[0, 0])
     assert out.masks[0, y1:y2, x1:x2].all() and out.masks.sum() == (x2 - x1) * (y2 - y1)
     assert out.images[0, 0, y1 + 1 : y2 - 1, x1 + 1 : x2 - 1].min() > 0.9
-
-
-def test_per_image_box_lists_and_integer_boxes():
-    boxes = [torch.tensor([[0, 0, 10, 10]]), torch.zeros(0, 4, dtype=torch.int64)]
-    out = BatchResize((20, 40), multiple=1).resize(torch.rand(2, 3, 10, 10), boxes=boxes).boxes
-    assert isinstance(out, list) and out[0].dtype == torch.float32
-    assert torch.equal(out[0], torch.tensor([[0.0, 0.0, 40.0, 20.0]])) and out[1].shape == (0, 4)
 
 
 @pytest.mark.parametrize("keys", [["input"], ["input", "mask"], ["input", "mask", "bbox_xyxy", "keypoints"]], ids=len)
@@ -178,60 +159,114 @@ def test_composes_after_a_kornia_flip():
     assert torch.allclose(out_images, expected.images, atol=1e-6) and torch.equal(out_masks, expected.masks)
 
 
-def test_latent_diffusion_dict_batch(device):
-    images = torch.rand(2, 24, 40, 3, device=device) * 2 - 1  # NHWC in [-1, 1]
+def test_a_policy_in_a_kornia_container_takes_its_step_from_at():
+    policy = MultiScalePolicy(32, 96, max_first_steps=0, seed=3)
+    resize = BatchResize(policy=policy, value_range=(0, 1))
+    images = torch.rand(2, 3, 16, 16)
+    for step in range(4):
+        out = K.AugmentationSequential(resize.at(step), data_keys=["input"])(images)
+        assert out.shape[-2:] == policy.size_for(step, step)
+        assert torch.equal(out, resize(images, step=step))
+    with pytest.raises(ValueError, match=r"needs the step of each call"):
+        K.AugmentationSequential(resize, data_keys=["input"])(images)
+
+
+def test_nhwc_dict_batch_gives_nchw_images(device):
+    images = torch.rand(2, 24, 40, 3, device=device) * 2 - 1  # NHWC in [-1, 1], as latent-diffusion batches
     batch = {"image": images, "caption": ["a", "b"], "mask": torch.ones(2, 24, 40, device=device)}
-    resize = BatchResize((48, 64), layout="NHWC", value_range=(-1, 1), mask_key="mask")
+    resize = BatchResize((48, 64), value_range=(-1, 1), format=BatchFormat(layout="NHWC", mask_key="mask"))
     out = resize(batch)
-    assert out["image"].shape == (2, 48, 64, 3) and out["caption"] is batch["caption"]
+    assert out["image"].shape == (2, 3, 48, 64) and out["image"].is_contiguous() and out["caption"] is batch["caption"]
     assert out["mask"].shape == (2, 48, 64) and set(batch) == set(out)
     expected = F.interpolate(images.permute(0, 3, 1, 2), size=(48, 64), mode="bicubic", align_corners=False)
-    assert torch.allclose(out["image"], expected.clamp(-1, 1).permute(0, 2, 3, 1), atol=1e-6)
+    assert torch.allclose(out["image"], expected.clamp(-1, 1), atol=1e-5, rtol=0)
     assert batch["image"] is images  # the caller's dict is untouched
 
 
 def test_dict_batch_with_another_key():
-    out = BatchResize(32, image_key="jpg")({"jpg": torch.rand(1, 3, 16, 16), "txt": "x"})
+    out = BatchResize(32, format=BatchFormat(image_key="jpg"))({"jpg": torch.rand(1, 3, 16, 16), "txt": "x"})
     assert out["jpg"].shape == (1, 3, 32, 32)
     with pytest.raises(ValueError, match=r"the batch has no entry 'image' for the images \(it has \['jpg'\]\); set"):
         BatchResize(32)({"jpg": torch.rand(1, 3, 16, 16)})
 
 
-def test_tuple_batches():
+def test_tuple_list_and_namedtuple_batches():
     images, labels, masks = torch.rand(2, 3, 16, 16), torch.tensor([3, 4]), torch.zeros(2, 16, 16)
-    out = BatchResize(32, mask_key=2)((images, labels, masks))
+    out = BatchResize(32, format=BatchFormat(mask_key=2))((images, labels, masks))
     assert isinstance(out, tuple) and out[1] is labels
     assert out[0].shape == (2, 3, 32, 32) and out[2].shape == (2, 32, 32)
     assert isinstance(BatchResize(32)([images, labels]), list)
+    Sample = namedtuple("Sample", ["image", "label"])
+    named = BatchResize(32)(Sample(images, labels))
+    assert isinstance(named, Sample) and named.image.shape == (2, 3, 32, 32) and named.label is labels
     with pytest.raises(TypeError, match=r"image_key='image' does not fit a tuple batch: a tuple/list batch needs int"):
-        BatchResize(32, image_key="image")((images,))
-    with pytest.raises(ValueError, match=r"the batch has no entry 3 for the masks \(it has 2 entries\)"):
-        BatchResize(32, mask_key=3)((images, labels))
-    with pytest.raises(TypeError, match=r"mask_key must be a dict key \(str\), a tuple index \(int >= 0\) or None"):
-        BatchResize(32, mask_key=-1)
+        BatchResize(32, format=BatchFormat(image_key="image"))((images,))
 
 
 def test_empty_batch():
     assert BatchResize(32)(torch.rand(0, 3, 16, 16)).shape == (0, 3, 32, 32)
 
 
+# ----------------------------------------------------------------------------- the range check
+def test_float_images_outside_the_range_raise_on_the_first_steps():
+    resize = BatchResize(policy=MultiScalePolicy(32, 64, max_first_steps=3), value_range=(0, 1))
+    images = torch.rand(2, 3, 16, 16) * 255
+    match = r"value_range=\(0.0, 1.0\) does not match the images: observed min .* divide the images by 255"
+    for global_step in range(3):
+        with pytest.raises(ValueError, match=match):
+            resize(images, step=global_step)
+    assert resize(images, step=3).max() == 1.0  # past the checked steps: clamped, not checked
+    with pytest.raises(ValueError, match=match):
+        resize(images, size=32)  # no step given: always checked
+    with pytest.raises(ValueError, match=match):
+        resize(images, size=32, global_step=1)
+
+
+def test_fixed_size_checks_five_steps_and_validate_overrides():
+    images = torch.rand(2, 3, 16, 16) * 255
+    with pytest.raises(ValueError, match=r"does not match the images"):
+        BatchResize(32, value_range=(0, 1))(images, global_step=4)
+    assert BatchResize(32, value_range=(0, 1))(images, global_step=5).shape == (2, 3, 32, 32)
+    with pytest.raises(ValueError, match=r"does not match the images"):
+        BatchResize(32, value_range=(0, 1), validate=True)(images, global_step=10_000)
+    assert BatchResize(32, value_range=(0, 1), validate=False)(images).max() == 1.0
+
+
+@pytest.mark.parametrize("size", [16, 32], ids=["unchanged", "resized"])
+def test_resized_and_unchanged_batches_are_both_clamped(size):
+    x = torch.rand(2, 3, 16, 16) * 1.05  # a small overshoot passes the check and is clamped
+    out = BatchResize(size, value_range=(0, 1))(x)
+    assert out.max() == 1.0 and out.min() >= 0
+
+
+def test_uint8_with_a_value_range_needs_dtype():
+    with pytest.raises(ValueError, match=r"uint8 images stay uint8: .* pass dtype= as well"):
+        BatchResize(32, value_range=(0, 1))(torch.zeros(1, 3, 8, 8, dtype=torch.uint8))
+
+
+def test_latents_and_single_channel_pass():
+    assert BatchResize(32)(torch.rand(8, 4, 64, 64)).shape == (8, 4, 32, 32)
+    assert BatchResize(32)(torch.rand(2, 1, 20, 20)).shape == (2, 1, 32, 32)
+
+
+# ----------------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
         ({}, ValueError, r"needs exactly one of size=... \(a fixed size\) or policy=..."),
-        ({"size": 30}, ValueError, r"size must be a multiple of multiple=16, got 30"),
-        ({"size": (32, 40)}, ValueError, r"size must be a multiple of multiple=16, got \(32, 40\)"),
+        ({"size": 32, "policy": MultiScalePolicy(32, 64)}, ValueError, r"needs exactly one of size=..."),
         ({"size": (32, 32, 32)}, ValueError, r"size must be an int or a \(height, width\) pair"),
         ({"size": 0}, ValueError, r"size must be an int >= 1, got 0"),
         ({"size": 32.0}, TypeError, r"size must be an int, got 32.0"),
-        ({"policy": MultiScalePolicy(32, 64)}, TypeError, r"policy=... needs counter=StepCounter"),
-        ({"size": 32, "counter": StepCounter(1)}, ValueError, r"counter=... is only used with policy"),
-        ({"policy": (32, 64), "counter": StepCounter(1)}, TypeError, r"policy must be a MultiScalePolicy"),
+        ({"policy": (32, 64)}, TypeError, r"policy must be a MultiScalePolicy"),
         ({"size": 32, "value_range": (1, 0)}, ValueError, r"value_range must have low < high, got \(1, 0\)"),
-        ({"size": 32, "value_range": 1}, ValueError, r"value_range must be a \(low, high\) pair, got 1"),
+        ({"size": 32, "value_range": 1}, ValueError, r"value_range must be a \(low, high\) pair"),
         ({"size": 32, "dtype": torch.int32}, TypeError, r"dtype must be one of .* got torch.int32"),
-        ({"size": 32, "layout": "CHW"}, ValueError, r"layout must be one of 'NCHW', 'NHWC'; got 'CHW'"),
+        ({"size": 32, "format": "NHWC"}, TypeError, r"format must be a BatchFormat or None, got str"),
         ({"size": 32, "antialias": 1}, TypeError, r"antialias must be a bool, got 1"),
+        ({"size": 32, "validate": 1}, TypeError, r"validate must be True, False or None \(automatic\), got 1"),
+        ({"size": 32, "interpolation": "area"}, ValueError, r"interpolation must be one of .* got 'area'"),
+        ({"size": 32, "backend": "cuda"}, ValueError, r"backend must be one of .* got 'cuda'"),
     ],
 )
 def test_bad_construction(kwargs, error, match):
@@ -243,7 +278,9 @@ def test_bad_construction(kwargs, error, match):
     ("images", "kwargs", "error", "match"),
     [
         ([[1.0]], {}, TypeError, r"images must be a torch.Tensor, got list"),
-        (torch.rand(3, 16, 16), {}, ValueError, r"images must be a 4-D NCHW batch, got shape \(3, 16, 16\)"),
+        (torch.rand(3, 16, 16), {}, ValueError, r"images must be a 4-D batch \(B, C, H, W\), got a 3-D shape"),
+        (torch.rand(2, 4, 3, 16, 16), {}, ValueError, r"got a 5-D shape .* fold the extra dimension into the batch"),
+        (torch.rand(8, 64, 48, 3), {}, ValueError, r"look like NHWC .* Pass layout='NHWC'"),
         (torch.zeros(1, 3, 16, 16, dtype=torch.int32), {}, TypeError, r"images must have a dtype in .* torch.int32"),
         (
             torch.zeros(1, 3, 8, 8, dtype=torch.uint8),
@@ -258,18 +295,12 @@ def test_bad_images(images, kwargs, error, match):
         BatchResize(32, **kwargs)(images)
 
 
-def test_bad_targets():
+def test_bad_targets_and_steps():
     resize = BatchResize(32)
     images = torch.rand(2, 3, 16, 16)
     with pytest.raises(ValueError, match=r"masks must have the images' height and width \(16, 16\)"):
         resize.resize(images, masks=torch.zeros(2, 8, 8))
-    with pytest.raises(ValueError, match=r"masks must be \(B, H, W\) or \(B, C, H, W\), got shape \(16, 16\)"):
-        resize.resize(images, masks=torch.zeros(16, 16))
-    with pytest.raises(TypeError, match=r"masks must be a torch.Tensor, got list"):
-        resize.resize(images, masks=[[0]])
     with pytest.raises(ValueError, match=r"boxes must have a last dimension of 4, got shape \(2, 1, 2\)"):
         resize.resize(images, boxes=torch.zeros(2, 1, 2))
-    with pytest.raises(ValueError, match=r"keypoints\[1\] must have a last dimension of 2"):
-        resize.resize(images, keypoints=[torch.zeros(1, 2), torch.zeros(1, 3)])
-    with pytest.raises(TypeError, match=r"boxes must be a tensor or a list of tensors, got str"):
-        resize.resize(images, boxes="0 0 1 1")
+    with pytest.raises(ValueError, match=r"step must be an int >= 0, got -1"):
+        BatchResize(policy=MultiScalePolicy(32, 64)).at(-1)

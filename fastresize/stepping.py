@@ -1,0 +1,156 @@
+"""Driving an lr scheduler from the loader: one small protocol, and adapters for the common kinds.
+
+A :class:`~fastresize.ResizeLoader` calls three hooks around every batch it delivers:
+
+* ``before_batch()``: before the batch is handed to the training loop;
+* ``after_batch()``: once the training loop comes back for the next batch (or leaves the epoch),
+  that is after the batch's ``optimizer.step()``;
+* ``after_epoch()``: after the epoch's last batch, following its ``after_batch()``.
+
+So inside the loop, the lr of batch ``i`` is what a hand-written loop that calls
+``scheduler.step()`` after each ``optimizer.step()`` sees: the lr after ``i`` steps.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+from torch.optim.lr_scheduler import LRScheduler
+
+from fastresize.counter import StepCounter
+from fastresize.scheduler import CosineAnnealingWarmbootingLR
+
+
+@runtime_checkable
+class Stepper(Protocol):
+    """What the loader calls around each batch. Implement it to drive any other kind of scheduler."""
+
+    def before_batch(self) -> None:
+        """Called before a batch is handed to the training loop."""
+
+    def after_batch(self) -> None:
+        """Called after a batch's update: when the loop asks for the next batch or leaves the epoch."""
+
+    def after_epoch(self) -> None:
+        """Called after the epoch's last batch (after its :meth:`after_batch`)."""
+
+
+class WarmbootStepper:
+    """:class:`~fastresize.CosineAnnealingWarmbootingLR` in its own call order.
+
+    ``step_batch()`` before each batch (the per-batch warmup), ``step()`` after each epoch. A
+    counter-driven scheduler reads the loader's counter and gets the same calls (both are idempotent).
+    """
+
+    def __init__(self, scheduler: CosineAnnealingWarmbootingLR) -> None:
+        self.scheduler = scheduler
+
+    def before_batch(self) -> None:
+        self.scheduler.step_batch()
+
+    def after_batch(self) -> None:
+        pass
+
+    def after_epoch(self) -> None:
+        self.scheduler.step()
+
+
+class PerBatchStepper:
+    """A torch ``LRScheduler`` stepped once per batch: ``OneCycleLR``, ``LambdaLR``, ``CosineAnnealingLR``..."""
+
+    def __init__(self, scheduler: LRScheduler) -> None:
+        self.scheduler = scheduler
+
+    def before_batch(self) -> None:
+        pass
+
+    def after_batch(self) -> None:
+        self.scheduler.step()
+
+    def after_epoch(self) -> None:
+        pass
+
+
+class TimmStepper:
+    """A timm ``Scheduler``: ``step_update(num_updates)`` after each batch, ``step(epoch)`` after each epoch.
+
+    The update count and the epoch come from the loader's counter, so timm's per-update and
+    per-epoch schedules (``t_in_epochs``) both follow the loader's position, resumed runs included.
+    """
+
+    def __init__(self, scheduler: Any, counter: StepCounter) -> None:
+        self.scheduler = scheduler
+        self.counter = counter
+
+    def before_batch(self) -> None:
+        pass
+
+    def after_batch(self) -> None:
+        # Called once the counter has moved past the batch: absolute_step is the updates done.
+        self.scheduler.step_update(num_updates=self.counter.absolute_step)
+
+    def after_epoch(self) -> None:
+        self.scheduler.step(epoch=self.counter.epoch)
+
+
+def _is_timm(scheduler: Any) -> bool:
+    return callable(getattr(scheduler, "step_update", None)) and callable(getattr(scheduler, "step", None))
+
+
+def stepper_for(scheduler: Any, counter: StepCounter) -> Stepper:
+    """Return the hooks that drive ``scheduler`` from a loader whose position is ``counter``.
+
+    Args:
+        scheduler: A :class:`~fastresize.CosineAnnealingWarmbootingLR`, a torch ``LRScheduler`` meant
+            to be stepped once per batch, a timm ``Scheduler``, or any object with the
+            :class:`Stepper` hooks.
+        counter: The loader's step counter.
+
+    Raises:
+        TypeError: ``scheduler`` is none of these kinds.
+        ValueError: ``scheduler`` is counter-driven by another counter, or its length disagrees
+            with the counter's epoch (see :func:`check_length`).
+    """
+    if isinstance(scheduler, CosineAnnealingWarmbootingLR):
+        if scheduler.counter is not None and scheduler.counter is not counter:
+            raise ValueError(
+                "the scheduler is driven by another StepCounter than the loader's; build the scheduler with "
+                "counter=loader.counter, or build the loader with counter=scheduler.counter"
+            )
+        if scheduler.batchs not in (0, counter.steps_per_epoch):
+            raise ValueError(
+                f"the scheduler's batchs={scheduler.batchs} disagrees with the loader's {counter.steps_per_epoch} "
+                "batches per epoch; build the scheduler with batchs=len(loader)"
+            )
+        return WarmbootStepper(scheduler)
+    if isinstance(scheduler, LRScheduler):
+        return PerBatchStepper(scheduler)
+    if isinstance(scheduler, Stepper):
+        return scheduler
+    if _is_timm(scheduler):
+        return TimmStepper(scheduler, counter)
+    raise TypeError(
+        f"scheduler must be a CosineAnnealingWarmbootingLR, a torch LRScheduler stepped per batch, a timm "
+        f"Scheduler (step_update/step) or an object with before_batch/after_batch/after_epoch, "
+        f"got {type(scheduler).__name__}"
+    )
+
+
+def check_length(scheduler: Any, batches: int) -> None:
+    """Refuse an epoch of ``batches`` steps that would run a scheduler past its fixed length.
+
+    ``OneCycleLR`` knows its ``total_steps`` and fails on the step after them; checking at the start
+    of the epoch turns a crash in the middle of it into a clear error before any work.
+
+    Raises:
+        ValueError: the scheduler has ``total_steps`` and fewer than ``batches`` of them are left.
+    """
+    total = getattr(scheduler, "total_steps", None)
+    if isinstance(scheduler, LRScheduler) and isinstance(total, int):
+        left = total - scheduler.last_epoch
+        if batches > left:
+            raise ValueError(
+                f"{type(scheduler).__name__} has total_steps={total} and has taken {scheduler.last_epoch}, so "
+                f"{left} are left, but this epoch has {batches} batches; build it with "
+                "steps_per_epoch=len(loader) and the number of epochs you train"
+            )
