@@ -25,10 +25,13 @@ random-first must fail at its first max-size step.
   inside R0's segments, reported as ``baseline_slack_bytes``) fails whatever the allocator does.
   Hence the low cap is the midpoint of the two allocated needs, and the high cap is 5% above what a
   step at the largest size reserves in a fresh allocator (so max-size-first's first step runs as in
-  the calibration, without a retry). The exception is reported, not hidden: cuDNN
-  catches an out-of-memory error of a convolution's workspace and falls back to an algorithm with
-  less workspace, so a capped step may need less than calibrated; each child counts the allocator's
-  out-of-memory errors that did not end it (``ooms_caught``).
+  the calibration, without a retry). cuDNN would defeat this: it catches an out-of-memory error of
+  a convolution's workspace and falls back to an algorithm with less workspace, so a capped step
+  could run on less than its calibrated need (seen on an H100: max-size-first survived the low cap
+  after 150 to 190 such errors). So the calibration and the capped runs use PyTorch's native
+  convolutions (``torch.backends.cudnn.enabled = False``), which have no fallback: a step's need is
+  then a function of its size. The allocator profiles keep cuDNN, as training does. Each child
+  still counts the allocator's out-of-memory errors that did not end it (``ooms_caught``).
 
 **allocator**, CUDA only: whether max-size-first's peak reserved memory is at most random-first's and
 ascending's (within 1%), with the default allocator and with ``expandable_segments:True``, reported
@@ -137,10 +140,16 @@ def child_main(config: dict[str, Any]) -> dict[str, Any]:
 
     device = torch.device(config["device"])
     cuda = device.type == "cuda"
+    if cuda and device.index is None:
+        # set_per_process_memory_fraction wants an index: "cuda" means the current device.
+        device = torch.device("cuda", torch.cuda.current_device())
     total = torch.cuda.mem_get_info(device)[1] if cuda else 0  # what the allocator's fraction refers to
     share = config.get("share_bytes")
     if cuda and share is not None:
         torch.cuda.set_per_process_memory_fraction(min(1.0, share / total), device)
+    if cuda:
+        # The capped runs need a step's memory to depend on its size alone (see the module docstring).
+        torch.backends.cudnn.enabled = config.get("cudnn", True)
     torch.manual_seed(config["seed"])
     model = conv_net(config["channels"], config["layers"]).to(device)
 
@@ -573,6 +582,7 @@ def run_verification(
         key: str, name: str, sizes: list[int], seed: int = 0, cap: int | None = None, variant: str = "default"
     ) -> Job:
         config = {**base, "sizes": sizes, "seed": seed, "cap_bytes": cap, "prealloc": name == "prealloc_first"}
+        config["cudnn"] = key.startswith("profile/")
         return Job(key, config, {**base_env, **VARIANTS[variant]})
 
     calibration_sizes = [largest] * CALIBRATION_STEPS + [next_largest] * CALIBRATION_STEPS

@@ -67,8 +67,8 @@ def _images(shape, dtype, device="cpu", seed=0, layout="NCHW"):
 
 
 def _reference(x, size, mode, value_range, out_dtype):
-    """F.interpolate in float32 (float64 for the map), then the value-range map, in the documented order."""
-    y = F.interpolate(x.double(), size=size, mode=mode, align_corners=False)
+    """F.interpolate in float32 (the contract), then the value-range map in float64, in the documented order."""
+    y = F.interpolate(x.float(), size=size, mode=mode, align_corners=False).double()
     if x.dtype == torch.uint8 and out_dtype != torch.uint8:
         low, high = value_range
         return (y * (high - low) / 255 + low).clamp(low, high)
@@ -216,22 +216,22 @@ for taps, in_dtype, out_dtype in [(4, "u8", "fp32"), (2, "fp16", "bf16"), (1, "f
     options = {"num_warps": _kernel.NUM_WARPS, "enable_fp_fusion": True}
     ptx = compile(source, target=GPUTarget("cuda", 90, 32), options=options).asm["ptx"]
     stores = [line for line in ptx.splitlines() if "st.global" in line]
-    print(taps, in_dtype, out_dtype, len(stores), sum(".v4" in line or ".v2" in line for line in stores))
+    print(taps, in_dtype, out_dtype, len(stores), sum(".local" in line for line in ptx.splitlines()))
 """
 
 
 @needs_triton
-def test_kernel_compiles_for_an_h100_with_vector_stores():
+def test_kernel_compiles_for_an_h100_without_spills():
     """Compiles the GPU kernel ahead of time (Triton bundles ptxas), so CPU-only CI catches what the
-    interpreter accepts but the compiler refuses. A 16-divisible output row gets vector stores."""
+    interpreter accepts but the compiler refuses; no register spills to local memory."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_DEFAULT_FP_FUSION"] = "1"
     result = subprocess.run([sys.executable, "-c", _COMPILE_FOR_H100], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [line.split() for line in result.stdout.splitlines()]
     assert [line[:3] for line in lines] == [["4", "u8", "fp32"], ["2", "fp16", "bf16"], ["1", "fp32", "u8"]]
-    for _, _, out_dtype, stores, vector_stores in lines:
-        assert int(stores) > 0 and (out_dtype == "u8" or vector_stores == stores)
+    for _, _, _, stores, spills in lines:
+        assert int(stores) > 0 and int(spills) == 0
 
 
 # ---------------------------------------------------------------------------------- the torch path
