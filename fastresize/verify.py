@@ -8,8 +8,10 @@ verdicts come out, each "held" or "did not hold":
 
 **fail-fast**, the one thing max-size-first promises. One child calibrates the needs of the two
 largest sizes; every schedule then runs under a low cap between those needs and a high cap above the
-largest. Max-size-first must fail at step 0 under the low cap and finish under the high one;
-random-first must fail at its first max-size step.
+largest. Max-size-first must fail at step 0 under the low cap and finish under the high one. On
+CPU, random-first must also fail exactly at its first max-size step (there a step's need depends on
+its size alone, so anything else means the protocol is broken); on CUDA the allocator's history adds
+to a step's need, so where random-first fails is reported, and the allocator verdict measures it.
 
 - CPU: a step's need is its peak RSS above the baseline taken after a warm-up step, and the cap is
   ``RLIMIT_DATA`` above the baseline's ``VmData``. Children pin glibc (``MALLOC_MMAP_THRESHOLD_``)
@@ -476,12 +478,16 @@ def build_report(
         "max_first_fails_at_step_0_below_cap_and_finishes_above": all(
             r["fail_step_below_cap"] == 0 and r["finished_above_cap"] for r in max_first["fail_fast_by_seed"].values()
         ),
-        "random_first_fails_at_its_first_max_step": all(
-            r["ran"] and r["fail_step_below_cap"] == r["first_max_step"]
-            for r in random_first["fail_fast_by_seed"].values()
-        ),
         "no_crash_or_hang": not crashed,
     }
+    if not cuda:
+        # On CPU a step's need depends on its size alone, so a random order must fail exactly at its
+        # first max-size step. On CUDA the caching allocator's history adds to a step's need, and a
+        # random order can fail earlier (the allocator verdict measures that): reported, not checked.
+        report["checks"]["random_first_fails_at_its_first_max_step"] = all(
+            r["ran"] and r["fail_step_below_cap"] == r["first_max_step"]
+            for r in random_first["fail_fast_by_seed"].values()
+        )
     finished = len(results)
     if interrupted or finished < expected:
         fail_fast = f"incomplete ({finished} of {expected} runs finished)"
@@ -658,7 +664,8 @@ def _summary(report: dict[str, Any]) -> list[str]:
     lines.append(
         "random-first under the low cap failed at steps "
         f"{[r['fail_step_below_cap'] for r in random_first.values()]}; its first max-size steps were "
-        f"{[r['first_max_step'] for r in random_first.values()]}."
+        f"{[r['first_max_step'] for r in random_first.values()]}; above the cap it finished: "
+        f"{[r['finished_above_cap'] for r in random_first.values()]}."
     )
     caught = {
         name: [r["ooms_caught_below_cap"] for r in entry["fail_fast_by_seed"].values()]
@@ -768,8 +775,13 @@ def report_figure(report: dict[str, Any]) -> Any:
         for (name, entry), style in zip(report[key].items(), styles, strict=True):
             axis.plot([b / 2**20 for b in entry["peak_bytes"]], marker=".", linestyle=style, label=name)
         if key == "schedules":
-            axis.axhline(cal["cap_below_bytes"] / 2**20, color="black", linestyle="--", label="cap below")
-            axis.axhline(cal["cap_above_bytes"] / 2**20, color="grey", linestyle=(0, (6, 2, 1, 2)), label="cap above")
+            # On CUDA the caps bound the capped runs, which use native convolutions (no cuDNN
+            # workspace): they are not limits on these cuDNN profiles.
+            runs = " (capped runs,\nnative convolutions)" if cuda else ""
+            axis.axhline(cal["cap_below_bytes"] / 2**20, color="black", linestyle="--", label="cap below" + runs)
+            axis.axhline(
+                cal["cap_above_bytes"] / 2**20, color="grey", linestyle=(0, (6, 2, 1, 2)), label="cap above" + runs
+            )
         variant = "default" if key == "schedules" else key.removeprefix("schedules_")
         axis.set_title(f"{variant} allocator" if cuda else "CPU (peak RSS)")
         axis.set_xlabel("step")

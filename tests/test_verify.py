@@ -240,6 +240,24 @@ def test_allocator_verdict_on_cuda_shaped_results(random_first, retries, verdict
     assert any(line.startswith(f"allocator {verdict}") for line in report["summary"])
 
 
+@pytest.mark.parametrize(("device", "verdict"), [("cuda:0", "held"), ("cpu", "did not hold")])
+def test_a_random_order_failing_before_its_largest_step(device, verdict):
+    # As measured on an H200: under the low cap, random-first failed at steps 1-2, before its first
+    # max-size step, because on CUDA the allocator's history adds to a step's need. Fail-fast is about
+    # max-size-first failing at step 0; on CPU, where the need depends on the size alone, a random
+    # order failing elsewhere than at its first max-size step means the protocol is broken.
+    settings = {"device": device, "lower": 64, "upper": 96, "sizes": [64, 80, 96], "steps": 12, "seeds": 2,
+                "max_first_steps": 5}  # fmt: skip
+    reserved = dict.fromkeys(SCHEDULES, 1000)
+    results = _cuda_shaped_results(settings, reserved)
+    for seed in range(settings["seeds"]):
+        results[f"cap_below/random_first/{seed}"]["fail_step"] = 1
+    report = build_report(settings, results)
+    assert report["verdicts"]["fail_fast"] == verdict
+    assert ("random_first_fails_at_its_first_max_step" in report["checks"]) == (device == "cpu")
+    assert any("random-first under the low cap failed at steps [1, 1]" in line for line in report["summary"])
+
+
 def test_cuda_caps_come_from_allocated_needs():
     calibration = {"baseline_bytes": 6, "baseline_allocated_bytes": 2, "peak_bytes": [900, 950, 900, 700, 700, 700],
                    "peak_allocated_bytes": [500, 510, 500, 400, 420, 400]}  # fmt: skip
