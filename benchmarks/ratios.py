@@ -1,9 +1,10 @@
 """Print each benchmark's median, its ratio to its group's reference and its share of copy bandwidth.
 
 Usage: ``python benchmarks/ratios.py results.json`` (made with ``--benchmark-json results.json``).
-The reference of a group is ``seed`` (the seed's inline code) for the transform groups and
-``baseline`` for the pipeline groups. Where a benchmark recorded ``extra_info["bytes"]`` (bytes
-read plus written), its bandwidth is printed in GB/s and as a share of the fastest device copy
+The reference of a group is ``seed`` (the seed's inline code) for the transform groups,
+``baseline`` for the pipeline and hand-over groups and ``handwritten`` for the training groups.
+Where a benchmark recorded ``extra_info["bytes"]`` (bytes read plus written), its bandwidth is
+printed in GB/s and as a share of the fastest device copy
 (``test_copy``) measured on the same device in the same run. An unchanged-size group is also
 compared with the same case's resize to 384.
 """
@@ -15,6 +16,8 @@ import re
 import sys
 from collections import defaultdict
 from typing import Any
+
+REFERENCES = ("seed", "baseline", "handwritten")
 
 
 def _implementation(name: str) -> str:
@@ -44,7 +47,7 @@ def main(path: str) -> None:
     print(f"{'group':<28} {'implementation':<26} {'median':>10} {'ratio':>7} {'GB/s':>8} {'of copy':>8}")
     for group in sorted(groups):
         entries = groups[group]
-        reference = entries.get("seed", entries.get("baseline", {})).get("median")
+        reference = next((entries[name]["median"] for name in REFERENCES if name in entries), None)
         copy = copy_bandwidth.get(group.split("-")[0])
         for name, entry in sorted(entries.items(), key=lambda item: item[1]["median"]):
             median, moved = entry["median"], entry["bytes"]

@@ -176,3 +176,73 @@ def test_handover(benchmark, pipeline, device, workers):
         assert prefetcher.ring is not None and prefetcher.ring.counts["plain"] == 0
     if benchmark.stats is not None:  # None under --benchmark-disable
         benchmark.extra_info["images_per_second"] = images / benchmark.stats.stats.median
+
+
+def _conv_net(device: str) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    torch.manual_seed(0)
+    layers: list[torch.nn.Module] = []
+    for index in range(4):
+        layers += [torch.nn.Conv2d(3 if index == 0 else 32, 32, 3, padding=1), torch.nn.ReLU()]
+    model = torch.nn.Sequential(*layers, torch.nn.Conv2d(32, 3, 3, padding=1)).to(device)
+    return model, torch.optim.SGD(model.parameters(), lr=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("device", "workers"),
+    [("cpu", 2), pytest.param("cuda", 8, marks=pytest.mark.cuda)],
+    ids=["cpu-workers2", "cuda-workers8"],
+)
+@pytest.mark.parametrize("pipeline", ["handwritten", "noring", "fastresize"])
+def test_training_step(benchmark, pipeline, device, workers):
+    """One epoch of a conv net's training steps: the loader must not slow the step down.
+
+    ``handwritten`` is a careful loop without fastresize: uint8 batches, ``pin_memory``,
+    ``non_blocking`` copies, the seed's ``F.interpolate(x.float() / 255)`` at the policy's sizes.
+    ``noring`` and ``fastresize`` are ``wrap`` without and with the batch ring.
+    """
+    # The CPU case is kept small: a conv net's steps on 2 cores dwarf the loader, and CI runs it once.
+    images, side = _handover_sizes(device) if device == "cuda" else (64, 64)
+    benchmark.group = f"train-{device}-workers{workers}-{images}x{side}"
+    loader = DataLoader(
+        Decoded(images, side), batch_size=32, num_workers=workers, persistent_workers=True,
+        pin_memory=pipeline == "handwritten" and device == "cuda", collate_fn=ResizeCollate(),
+    )  # fmt: skip
+    lower, upper = side // 2, side
+    model, optimizer = _conv_net(device)
+    if pipeline == "handwritten":
+        policy = wrap(loader, lower, upper, device=device).policy
+        step = 0
+
+        def batches():
+            nonlocal step
+            for batch in loader:
+                size = policy.size_for(step, step)
+                step += 1
+                x = batch.to(device, non_blocking=True).float() / 255
+                yield F.interpolate(x, size=size, mode="bicubic", align_corners=False).clamp_(0, 1)
+    else:
+        wrapped = wrap(
+            loader, lower, upper, device=device, value_range=(0, 1), dtype=torch.float32,
+            ring=False if pipeline == "noring" else None,
+        )  # fmt: skip
+
+        def batches():
+            return iter(wrapped)
+
+    def epoch() -> int:
+        seen = 0
+        for batch in batches():
+            loss = (model(batch) - batch).square().mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            seen += batch.shape[0]
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return seen
+
+    epoch()  # warm-up: workers start, kernels and allocator settle
+    seen = benchmark.pedantic(epoch, rounds=5, iterations=1)
+    assert seen == images
+    if benchmark.stats is not None:  # None under --benchmark-disable
+        benchmark.extra_info["images_per_second"] = images / benchmark.stats.stats.median

@@ -68,7 +68,8 @@ def to_nchw(images: Any, layout: str | None, name: str = "images") -> torch.Tens
         raise ValueError(
             f"{name} of shape {shape} look like NHWC (channels last): read as NCHW they would be {shape[1]}-channel "
             f"images of {shape[2]}x{shape[3]}. Pass layout='NHWC' if the channels are last, or layout='NCHW' "
-            "to read them as NCHW (feature maps, latents)"
+            "to read them as NCHW (feature maps, latents): to functional.resize, or in the BatchFormat given "
+            "to BatchResize and ResizeCollate (format=BatchFormat(layout=...))"
         )
     return images
 

@@ -170,8 +170,10 @@ def resize(
 ) -> torch.Tensor:
     """Resize a batch of images and convert it to ``dtype``, in one pass on CUDA.
 
-    Interpolation follows ``F.interpolate(mode=..., align_corners=False)`` computed in float32
-    (``"nearest"`` is PyTorch's ``nearest-exact``, the same pixel geometry), optionally with
+    Interpolation follows ``F.interpolate(mode=..., align_corners=False)`` (``"nearest"`` is
+    PyTorch's ``nearest-exact``, the same pixel geometry), computed in float32 by the kernel and by
+    the torch path for uint8 input (a half-precision batch resized by the torch path on CUDA stays
+    in its precision, as ``F.interpolate`` would), optionally with
     PyTorch's native ``antialias``. The result is a new contiguous NCHW tensor cut from autograd,
     except that a call with nothing to do (same size, same dtype, no clamp, NCHW) returns the
     input itself, detached. An NHWC input always gives an NCHW output, copied if need be.
@@ -181,7 +183,7 @@ def resize(
           Bicubic weights sum to 1, so the map runs on the output, after the interpolation.
         * float output is clamped to ``value_range`` when one is given, resized or not: bicubic
           overshoots, and ``[0, 1]`` data would otherwise come out in about ``[-0.19, 1.15]``.
-        * uint8 output is rounded and clamped to ``[0, 255]``.
+        * uint8 output is rounded (halves up) and clamped to ``[0, 255]``.
 
     Backends:
         * ``"triton"``: a fused kernel that reads the input once (NHWC in place, no permute copy)
@@ -272,7 +274,8 @@ def _resize_torch(
     if clamp is not None:
         x = x.clamp_(*clamp) if owned else x.clamp(*clamp)
     if out_dtype == torch.uint8:
-        x = x.round_()
+        # Half up, as the kernel rounds (torch.round goes half to even): both backends give one answer.
+        x = x.add_(0.5).floor_() if owned or clamp is not None else (x + 0.5).floor_()
     return x.to(out_dtype, memory_format=torch.contiguous_format)
 
 

@@ -54,6 +54,17 @@ def epoch_length(loader: Any, steps_per_epoch: Any = None, *, source: str = "ste
     return steps
 
 
+def _has_state(scheduler: Any) -> bool:
+    """Whether a scheduler saves and loads its progress (a custom stepper may have none)."""
+    return callable(getattr(scheduler, "state_dict", None)) and callable(getattr(scheduler, "load_state_dict", None))
+
+
+def _collate_format(loader: Any) -> BatchFormat | None:
+    """The batch format of the loader's :class:`ResizeCollate`, if it has one."""
+    collate = getattr(loader, "collate_fn", None)
+    return collate.format if isinstance(collate, ResizeCollate) else None
+
+
 def _dataset_size(loader: Any) -> str:
     try:
         return str(len(loader.dataset))
@@ -131,19 +142,32 @@ class ResizeLoader:
             raise TypeError(f"policy must be a MultiScalePolicy or None, got {type(policy).__name__}")
         if policy is not None and transform.policy is not None and policy is not transform.policy:
             raise ValueError("policy=... differs from the transform's policy; pass the policy to one of them only")
+        if policy is not None and transform.size is not None:
+            raise ValueError(
+                f"policy=... would override the transform's fixed size={transform.size}; build the transform "
+                "with policy=... instead, or leave policy out"
+            )
+        counter = counter or getattr(scheduler, "counter", None)
         if counter is not None and not isinstance(counter, StepCounter):
             raise TypeError(f"counter must be a StepCounter or None, got {type(counter).__name__}")
-        counter = counter or getattr(scheduler, "counter", None)
         if counter is None:
             counter = StepCounter(epoch_length(loader, steps_per_epoch))
         else:
             source = "steps_per_epoch" if steps_per_epoch is not None else "counter.steps_per_epoch"
+            if steps_per_epoch is not None:
+                steps_per_epoch = check_int("steps_per_epoch", steps_per_epoch, minimum=1)
             if steps_per_epoch is not None and steps_per_epoch != counter.steps_per_epoch:
                 raise ValueError(
                     f"steps_per_epoch={steps_per_epoch} disagrees with counter.steps_per_epoch="
                     f"{counter.steps_per_epoch}; give one of them"
                 )
             epoch_length(loader, counter.steps_per_epoch, source=source)
+        collate_format = _collate_format(loader)
+        if collate_format is not None and collate_format != transform.format:
+            raise ValueError(
+                f"the transform's format {transform.format!r} differs from the loader's ResizeCollate format "
+                f"{collate_format!r}; give one BatchFormat to both"
+            )
         self.loader = loader
         self.transform = transform
         self.policy = policy or transform.policy
@@ -248,7 +272,7 @@ class ResizeLoader:
             self._finish()
         return {
             "counter": self.counter.state_dict(),
-            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            "scheduler": self.scheduler.state_dict() if _has_state(self.scheduler) else None,
             "policy": None if self.policy is None else self.policy.state_dict(),
         }
 
@@ -261,7 +285,8 @@ class ResizeLoader:
                 the saved one was built. Nothing is loaded then.
         """
         check_state_keys("ResizeLoader", state, _STATE_KEYS)
-        for name, component in (("scheduler", self.scheduler), ("policy", self.policy)):
+        scheduler = self.scheduler if _has_state(self.scheduler) else None
+        for name, component in (("scheduler", scheduler), ("policy", self.policy)):
             if (state[name] is None) != (component is None):
                 raise ValueError(
                     f"the state {'has no' if state[name] is None else 'has a'} {name} but this loader "
@@ -272,8 +297,8 @@ class ResizeLoader:
         copy.copy(self.counter).load_state_dict(state["counter"])
         if self.policy is not None:
             self.policy.load_state_dict(state["policy"])
-        if self.scheduler is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
         self._pending = None
         self.counter.load_state_dict(state["counter"])
 
@@ -328,14 +353,9 @@ def wrap(
         ValueError: ``format`` differs from the loader's collate's, or ``epoch_to_start`` is given
             with an existing counter.
     """
-    collate_format = getattr(getattr(loader, "collate_fn", None), "format", None)
-    if not isinstance(getattr(loader, "collate_fn", None), ResizeCollate):
-        collate_format = None
-    if format is not None and collate_format is not None and format != collate_format:
-        raise ValueError(
-            f"format={format!r} differs from the loader's ResizeCollate format {collate_format!r}; "
-            "give one BatchFormat to both, or leave format out"
-        )
+    if format is not None and not isinstance(format, BatchFormat):
+        raise TypeError(f"format must be a BatchFormat or None, got {format!r}")
+    collate_format = _collate_format(loader)
     policy = MultiScalePolicy(lower, upper, multiple, max_first_steps, seed, side)
     counter = counter or getattr(scheduler, "counter", None)
     if counter is None:

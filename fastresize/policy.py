@@ -147,11 +147,15 @@ class MultiScalePolicy:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Check that a saved policy had these settings; the settings are configuration and stay as built.
 
+        ``max_first_steps`` may differ: it decides only the opening of each process, not the draws.
+
         Raises:
-            ValueError: the keys are wrong, or a saved setting differs from this policy's (both are named).
+            ValueError: the keys are wrong, or a saved bound, multiple, seed or side differs from this
+                policy's (both are named).
         """
         check_state_keys("MultiScalePolicy", state, _STATE_KEYS)
-        for key in _STATE_KEYS:
+        # max_first_steps belongs to each process (it may change on resume): only the draw must agree.
+        for key in (k for k in _STATE_KEYS if k != "max_first_steps"):
             if state[key] != getattr(self, key):
                 raise ValueError(
                     f"the state was saved with {key}={state[key]!r} but this policy has {key}={getattr(self, key)!r}; "

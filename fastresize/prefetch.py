@@ -216,12 +216,21 @@ class DevicePrefetcher:
             return batch
         # Page-locked memory lets the copy run asynchronously, on the side stream.
         with torch.cuda.stream(streams[0]):
-            batch = _map_tensors(
-                raw, lambda t: (t if t.is_pinned() else t.pin_memory()).to(self.device, non_blocking=True)
-            )
+            batch = _map_tensors(raw, lambda t: _pinned(t).to(self.device, non_blocking=True))
             if handle is not None and copies is not None:
                 batch = self._format.put(batch, {"images": copies.copy(handle, self.device)})  # type: ignore[union-attr]
         return batch
 
 
 _END = object()
+
+
+def _pinned(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` in page-locked memory, so that its copy to the GPU is asynchronous.
+
+    Only dense CPU tensors can be pinned; a tensor already on a GPU (a dataset held in GPU memory)
+    or a sparse one goes as it is.
+    """
+    if tensor.device.type != "cpu" or tensor.layout != torch.strided or tensor.is_pinned():
+        return tensor
+    return tensor.pin_memory()

@@ -39,7 +39,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, get_worker_info
+from torch.utils.data import DataLoader, default_collate, get_worker_info
 
 from fastresize.collate import ResizeCollate
 
@@ -278,6 +278,10 @@ def ring_blocker(loader: Any) -> str | None:
         return f"the loader is a {type(loader).__name__}, not a torch.utils.data.DataLoader"
     if not isinstance(loader.collate_fn, ResizeCollate):
         return "the DataLoader's collate_fn is not a fastresize.ResizeCollate"
+    if loader.collate_fn.collate_fn is not default_collate:
+        # The ring stacks the images itself: a custom collate (MixUp, CutMix, normalisation) would
+        # then see stand-ins instead of the images, and its changes to them would be lost.
+        return "the ResizeCollate wraps a custom collate_fn, which must see the images (the ring stacks them itself)"
     if loader.batch_sampler is None:
         return "the DataLoader does not batch (batch_size=None)"
     return None

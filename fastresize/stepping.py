@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
-from torch.optim.lr_scheduler import LRScheduler
+from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from fastresize.counter import StepCounter
 from fastresize.scheduler import CosineAnnealingWarmbootingLR
@@ -107,7 +107,7 @@ def stepper_for(scheduler: Any, counter: StepCounter) -> Stepper:
         counter: The loader's step counter.
 
     Raises:
-        TypeError: ``scheduler`` is none of these kinds.
+        TypeError: ``scheduler`` is none of these kinds, or a ``ReduceLROnPlateau`` (it needs a metric).
         ValueError: ``scheduler`` is counter-driven by another counter, or its length disagrees
             with the counter's epoch (see :func:`check_length`).
     """
@@ -123,6 +123,11 @@ def stepper_for(scheduler: Any, counter: StepCounter) -> Stepper:
                 "batches per epoch; build the scheduler with batchs=len(loader)"
             )
         return WarmbootStepper(scheduler)
+    if isinstance(scheduler, ReduceLROnPlateau):
+        raise TypeError(
+            "scheduler=ReduceLROnPlateau needs a metric at each step, which the loader does not have; "
+            "leave it out of the loader and call scheduler.step(metric) yourself"
+        )
     if isinstance(scheduler, LRScheduler):
         return PerBatchStepper(scheduler)
     if isinstance(scheduler, Stepper):

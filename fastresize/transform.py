@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -14,7 +15,6 @@ from fastresize._checks import check_choice, check_int
 from fastresize.functional import Points
 from fastresize.policy import MultiScalePolicy
 
-_IMAGE_DTYPES = functional.IMAGE_DTYPES
 FIXED_SIZE_CHECKED_STEPS = 5
 """With a fixed size, ``validate=None`` checks the value range while ``global_step`` is below this."""
 
@@ -193,18 +193,7 @@ class BatchResize(GeometricAugmentationBase2D):
         """
         step = check_int("step", step, minimum=0)
         global_step = step if global_step is None else check_int("global_step", global_step, minimum=0)
-        flags = self.flags
-        bound = BatchResize(
-            self.size,
-            policy=self.policy,
-            interpolation=flags["interpolation"],
-            antialias=flags["antialias"],
-            value_range=flags["value_range"],
-            dtype=flags["dtype"],
-            format=self.format,
-            validate=self.validate,
-            backend=flags["backend"],
-        )
+        bound = copy.copy(self)  # the settings are shared: they are never changed after __init__
         bound._bound_step = (step, global_step)
         return bound
 
@@ -257,6 +246,10 @@ class BatchResize(GeometricAugmentationBase2D):
             ValueError: a wrong rank or layout, masks of another size than the images, a policy
                 without a step, float images outside ``value_range``, or a bad uint8/float conversion.
         """
+        if step is not None:
+            step = check_int("step", step, minimum=0)
+        if global_step is not None:
+            global_step = check_int("global_step", global_step, minimum=0)
         nchw = self.format.nchw(images)
         in_size = (nchw.shape[-2], nchw.shape[-1])
         if isinstance(masks, torch.Tensor) and tuple(masks.shape[-2:]) != in_size:

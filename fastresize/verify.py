@@ -25,8 +25,8 @@ to a step's need, so where random-first fails is reported, and the allocator ver
   a fresh process can run in 1.5 GB. What it cannot free are live tensors, and reserved memory is
   never below allocated memory, so a step whose tensors need more than the cap (plus the free room
   inside R0's segments, reported as ``baseline_slack_bytes``) fails whatever the allocator does.
-  Hence the low cap is the midpoint of the two allocated needs, and the high cap is 5% above what a
-  step at the largest size reserves in a fresh allocator (so max-size-first's first step runs as in
+  Hence the low cap is the midpoint of the two allocated needs, and the high cap is 5% (at least
+  4 MiB) above what a step at the largest size reserves in a fresh allocator (so max-size-first's first step runs as in
   the calibration, without a retry). cuDNN would defeat this: it catches an out-of-memory error of
   a convolution's workspace and falls back to an algorithm with less workspace, so a capped step
   could run on less than its calibrated need (seen on an H100: max-size-first survived the low cap
@@ -83,6 +83,9 @@ MAX_CUDA_JOBS = 8
 ALLOCATOR_TOLERANCE = 0.01
 CALIBRATION_STEPS = 3
 HIGH_CAP_HEADROOM = 1.05
+# At the smallest settings 5% is a few hundred KB, less than what oneDNN's just-in-time primitives
+# vary by between two processes ("could not create a primitive" under the cap): keep at least this.
+HIGH_CAP_MIN_HEADROOM_BYTES = 4 * 2**20
 # What a CUDA process holds outside the caching allocator (context, cuDNN and cuBLAS handles).
 _CONTEXT_BYTES = 1 << 30
 _OOM_MARKERS = ("out of memory", "can't allocate memory", "could not create a primitive", "std::bad_alloc")
@@ -344,7 +347,10 @@ def _calibration(result: dict[str, Any] | None, largest: int, next_largest: int,
         "need_next_largest_bytes": need_next,
         "reserved_largest_bytes": reserved_largest,
         "cap_below_bytes": (need_largest + need_next) // 2,
-        "cap_above_bytes": int(max(need_largest, reserved_largest) * HIGH_CAP_HEADROOM),
+        "cap_above_bytes": max(
+            int(max(need_largest, reserved_largest) * HIGH_CAP_HEADROOM),
+            max(need_largest, reserved_largest) + HIGH_CAP_MIN_HEADROOM_BYTES,
+        ),
         "baseline_slack_bytes": result["baseline_bytes"] - result["baseline_allocated_bytes"]
         if cuda and "baseline_allocated_bytes" in result
         else None,

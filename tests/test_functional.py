@@ -155,6 +155,18 @@ def test_torch_and_triton_agree(interpret, in_dtype, out_dtype, value_range, siz
     _assert_close(by_triton, by_torch.double(), out_dtype)
 
 
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=needs_triton)])
+def test_uint8_output_rounds_halves_up_on_both_backends(request, backend):
+    if backend == "triton":
+        request.getfixturevalue("interpret")
+    # Bilinear 2x between 2 and 4 lands exactly on 2.5 and 3.5: half to even would give 2 and 4.
+    x = torch.tensor([2, 4, 2, 4], dtype=torch.uint8).view(1, 1, 1, 4)
+    out = resize(x, (1, 8), interpolation="bilinear", backend=backend)
+    exact = F.interpolate(x.float(), size=(1, 8), mode="bilinear", align_corners=False)
+    assert torch.equal(out, (exact + 0.5).floor().to(torch.uint8))
+    assert out.flatten().tolist() == [2, 3, 4, 4, 3, 3, 4, 4]  # half to even: [2, 2, 4, 4, 2, 2, 4, 4]
+
+
 def test_kernel_reads_strided_views_and_empty_batches(interpret):
     x = _images((2, 3, 30, 40), torch.float32)[:, :, 3:27:2, 5:]  # not contiguous
     out = resize(x, (20, 20), backend="triton")

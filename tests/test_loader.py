@@ -257,6 +257,43 @@ def test_bad_inputs():
         ResizeLoader(loader, transform, 3, device="cpu")
     with pytest.raises(ValueError, match=r"epoch_to_start=2 is for a new counter, but a counter was given"):
         wrap(loader, 16, 32, device="cpu", counter=StepCounter(3), epoch_to_start=2)
+    with pytest.raises(ValueError, match=r"policy=... would override the transform's fixed size=\(32, 32\)"):
+        ResizeLoader(loader, transform, MultiScalePolicy(16, 32), device="cpu")
+    with pytest.raises(TypeError, match=r"steps_per_epoch must be an int, got '3'"):
+        ResizeLoader(loader, transform, counter=StepCounter(3), device="cpu", steps_per_epoch="3")
+    with pytest.raises(TypeError, match=r"format must be a BatchFormat or None, got 'NHWC'"):
+        wrap(loader, 16, 32, device="cpu", format="NHWC")
+    with pytest.raises(TypeError, match=r"scheduler=ReduceLROnPlateau needs a metric at each step"):
+        wrap(loader, 16, 32, device="cpu", scheduler=torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer))
+    with pytest.raises(TypeError, match=r"counter must be a StepCounter or None, got int"):
+        ResizeLoader(loader, transform, device="cpu", scheduler=_CountedStepper(3))
+
+
+class _CountedStepper:
+    """A custom stepper with a ``counter`` attribute that is not a StepCounter, and no state."""
+
+    def __init__(self, counter):
+        self.counter = counter
+
+    def before_batch(self):
+        pass
+
+    def after_batch(self):
+        pass
+
+    def after_epoch(self):
+        pass
+
+
+def test_a_scheduler_without_state_saves_none():
+    stepper = _CountedStepper(None)
+    wrapped = wrap(DataLoader(_tensor_data(), batch_size=4), 16, 32, device="cpu", scheduler=stepper)
+    list(wrapped)
+    state = wrapped.state_dict()
+    assert state["scheduler"] is None and state["counter"]["epoch"] == 1
+    other = wrap(DataLoader(_tensor_data(), batch_size=4), 16, 32, device="cpu", scheduler=_CountedStepper(None))
+    other.load_state_dict(state)
+    assert other.counter.epoch == 1
 
 
 class _Unsized:

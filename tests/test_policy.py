@@ -165,3 +165,9 @@ def test_loading_other_settings_raises_and_changes_nothing(key, saved, built):
     with pytest.raises(ValueError, match=rf"saved with {key}={saved} but this policy has {key}={built}"):
         policy.load_state_dict(state)
     assert repr(policy) == repr(MultiScalePolicy(**settings))
+
+
+def test_a_resumed_process_may_change_max_first_steps():
+    policy = MultiScalePolicy(96, 256, max_first_steps=0)
+    policy.load_state_dict(MultiScalePolicy(96, 256, max_first_steps=5).state_dict())
+    assert policy.max_first_steps == 0  # the process's own setting stays

@@ -115,3 +115,10 @@ def test_cuda_copies_run_on_a_side_stream_and_the_consumer_waits():
             assert images.is_cuda and labels.is_cuda
             total += images.long().sum()  # on the current stream, which waited for the copy
         assert int(total) == int(_data(64).tensors[0].long().sum())
+
+
+@pytest.mark.cuda
+def test_batches_already_on_the_gpu_pass_through():
+    data = [torch.ones(2, 3, 4, 4, device="cuda"), torch.zeros(2, 3, 4, 4, device="cuda")]
+    batches = list(DevicePrefetcher(data, "cuda"))
+    assert [b.is_cuda for b in batches] == [True, True] and torch.equal(batches[0], data[0])

@@ -374,3 +374,31 @@ def test_cuda_slots_are_page_locked_once():
     assert len(ring._registered) == len(buffers)  # registered once each, over three epochs
     ring.close()
     assert not any(buffer.is_pinned() for buffer in buffers)
+
+
+def _mixup(samples):
+    """A custom collate that changes the images: the ring must not bypass it."""
+    images = torch.stack([image for image, _ in samples]).float()
+    labels = torch.tensor([label for _, label in samples])
+    return (images * 0.5 + images.flip(0) * 0.5).round().to(torch.uint8), labels.flip(0)
+
+
+class _Labelled(Dataset):
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        return torch.full((3, 8, 8), i * 10, dtype=torch.uint8), i
+
+
+def test_a_custom_collate_keeps_the_plain_path():
+    loader = DataLoader(_Labelled(), batch_size=4, num_workers=1, collate_fn=ResizeCollate(_mixup))
+    assert "custom collate_fn" in ring_blocker(loader)
+    assert DevicePrefetcher(loader, "cpu").ring is None  # on by default elsewhere, off here
+    batches = list(DevicePrefetcher(loader, "cpu"))
+    expected = [_mixup([_Labelled()[i] for i in range(start, start + 4)]) for start in (0, 4)]
+    assert len(batches) == len(expected) == 2
+    for got, want in zip(batches, expected, strict=True):
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    with pytest.raises(ValueError, match=r"ring=True, but the batch ring cannot serve this loader: the ResizeCollate"):
+        DevicePrefetcher(loader, "cpu", ring=True)
