@@ -56,13 +56,6 @@ class Stream(IterableDataset):
             yield torch.full((2, 4, 4), float(i))
 
 
-def _die_when_flagged(samples):
-    """A collate that kills its worker after the images went into a slot, while the flag file exists."""
-    if Path(os.environ["FASTRESIZE_TEST_DIE"]).exists():
-        os.kill(os.getpid(), signal.SIGKILL)
-    return torch.utils.data.default_collate(samples)
-
-
 def _cpu(batch):
     if isinstance(batch, torch.Tensor):
         return batch.cpu()
@@ -225,8 +218,19 @@ def test_a_worker_that_raises_leaves_the_ring_consistent(tmp_path, persistent):
 def test_a_worker_that_dies_mid_batch_raises_the_dataloaders_error(tmp_path, monkeypatch):
     flag = tmp_path / "die"
     flag.touch()
-    monkeypatch.setenv("FASTRESIZE_TEST_DIE", str(flag))
-    loader = DataLoader(Images(n=8), batch_size=2, num_workers=2, collate_fn=ResizeCollate(_die_when_flagged))
+    collate = ResizeCollate.collate
+
+    def dying(self, samples, images=None):
+        """Kills its worker after the images went into a slot, while the flag file exists."""
+        if flag.exists():
+            os.kill(os.getpid(), signal.SIGKILL)
+        return collate(self, samples, images)
+
+    # Forked workers inherit the patched method; the ring applies (torch's default collate inside).
+    monkeypatch.setattr(ResizeCollate, "collate", dying)
+    loader = DataLoader(
+        Images(n=8), batch_size=2, num_workers=2, multiprocessing_context="fork", collate_fn=ResizeCollate()
+    )
     prefetcher = DevicePrefetcher(loader, "cpu")
     with pytest.raises(RuntimeError, match=r"DataLoader worker \(pid\(s\) [\d, ]+\) exited unexpectedly"):
         list(prefetcher)
