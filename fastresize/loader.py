@@ -75,15 +75,16 @@ def _dataset_size(loader: Any) -> str:
 class ResizeLoader:
     """Wraps a DataLoader: moves each batch to the device, resizes it there, and keeps time.
 
-    The loader owns the time: for batch ``i`` of the counter's epoch it reads the counter, asks the
-    policy for the size (the largest while ``global_step < max_first_steps``, then a draw that
-    depends only on ``(seed, absolute_step)``), and passes that size to the transform. In order:
+    The loader owns the time: for batch ``i`` of the counter's epoch it reads the counter and gives
+    its step to the transform, whose policy picks the size (the largest while
+    ``global_step < max_first_steps``, then a draw that depends only on ``(seed, absolute_step)``).
+    In order:
 
     1. take the next batch from the :class:`~fastresize.DevicePrefetcher` (on CUDA its copy ran on
        a side stream while the previous batch trained);
     2. the scheduler's ``after_batch`` hook for the previous batch, whose update is done now;
     3. the scheduler's ``before_batch`` hook;
-    4. resize at the size the loader computed, advance the counter, and yield.
+    4. resize at the counter's step, advance the counter, and yield.
 
     So inside the loop the counter already points at the next batch (a counter-driven scheduler
     stepped after ``optimizer.step()`` sets the next batch's lr), and a scheduler stepped once per
@@ -103,9 +104,8 @@ class ResizeLoader:
     Args:
         loader: The DataLoader to wrap (any iterable of batches works; ``len`` and the sampler
             attributes are passed through when it has them).
-        transform: The :class:`BatchResize` to apply on the device.
-        policy: The size policy; defaults to the transform's. Without either, every batch gets the
-            transform's fixed size.
+        transform: The :class:`BatchResize` to apply on the device: its policy picks each step's
+            size, or every batch gets its fixed size.
         counter: The step counter; defaults to a counter-driven scheduler's, else a new one.
         device: Where batches go; CUDA when available, else CPU.
         scheduler: An lr scheduler to drive per batch (see :func:`fastresize.stepping.stepper_for`).
@@ -126,7 +126,6 @@ class ResizeLoader:
         self,
         loader: Any,
         transform: BatchResize,
-        policy: MultiScalePolicy | None = None,
         *,
         counter: StepCounter | None = None,
         device: str | torch.device | None = None,
@@ -138,15 +137,6 @@ class ResizeLoader:
             raise TypeError(f"loader must be an iterable of batches (a DataLoader), got {type(loader).__name__}")
         if not isinstance(transform, BatchResize):
             raise TypeError(f"transform must be a BatchResize, got {type(transform).__name__}")
-        if policy is not None and not isinstance(policy, MultiScalePolicy):
-            raise TypeError(f"policy must be a MultiScalePolicy or None, got {type(policy).__name__}")
-        if policy is not None and transform.policy is not None and policy is not transform.policy:
-            raise ValueError("policy=... differs from the transform's policy; pass the policy to one of them only")
-        if policy is not None and transform.size is not None:
-            raise ValueError(
-                f"policy=... would override the transform's fixed size={transform.size}; build the transform "
-                "with policy=... instead, or leave policy out"
-            )
         counter = counter or getattr(scheduler, "counter", None)
         if counter is not None and not isinstance(counter, StepCounter):
             raise TypeError(f"counter must be a StepCounter or None, got {type(counter).__name__}")
@@ -170,7 +160,7 @@ class ResizeLoader:
             )
         self.loader = loader
         self.transform = transform
-        self.policy = policy or transform.policy
+        self.policy = transform.policy
         self.counter = counter
         self.scheduler = scheduler
         self.stepper: Stepper | None = None if scheduler is None else stepper_for(scheduler, counter)
@@ -203,15 +193,6 @@ class ResizeLoader:
         self.prefetcher.set_epoch(epoch)
 
     # ------------------------------------------------------------------------------- iteration
-    def size_for(self, images: torch.Tensor) -> tuple[int, int] | None:
-        """Return the output ``(height, width)`` of the counter's step for an NCHW ``images`` batch.
-
-        ``None`` means the transform's fixed size (no policy).
-        """
-        if self.policy is None:
-            return None
-        return self.policy.size_for(self.counter.absolute_step, self.counter.global_step, images.shape)
-
     def _finish(self) -> None:
         """The delivered batch's update is done: tell the scheduler, and end the epoch after its last batch."""
         self._pending = None
@@ -246,8 +227,7 @@ class ResizeLoader:
                     self._finish()
                 if self.stepper is not None:
                     self.stepper.before_batch()
-                images = self.transform.format.nchw(self.transform.format.get(batch)["images"])
-                batch = self.transform(batch, size=self.size_for(images), global_step=self.counter.global_step)
+                batch = self.transform(batch, step=self.counter.absolute_step, global_step=self.counter.global_step)
                 self.counter.advance()
                 self._pending = run
                 yield batch

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from collections.abc import Callable, Generator, Iterator
 from typing import Any
@@ -209,14 +210,12 @@ class DevicePrefetcher:
                 handle = images
             else:
                 copies.ring.counts["plain"] += 1
-        if streams is None:
-            batch = _map_tensors(raw, lambda t: t.to(self.device))
-            if handle is not None and copies is not None:
-                batch = self._format.put(batch, {"images": copies.copy(handle, self.device)})  # type: ignore[union-attr]
-            return batch
-        # Page-locked memory lets the copy run asynchronously, on the side stream.
-        with torch.cuda.stream(streams[0]):
-            batch = _map_tensors(raw, lambda t: _pinned(t).to(self.device, non_blocking=True))
+        # On CUDA, page-locked memory lets the copy run asynchronously, on the side stream.
+        with contextlib.nullcontext() if streams is None else torch.cuda.stream(streams[0]):
+            if streams is None:
+                batch = _map_tensors(raw, lambda t: t.to(self.device))
+            else:
+                batch = _map_tensors(raw, lambda t: _pinned(t).to(self.device, non_blocking=True))
             if handle is not None and copies is not None:
                 batch = self._format.put(batch, {"images": copies.copy(handle, self.device)})  # type: ignore[union-attr]
         return batch

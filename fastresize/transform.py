@@ -168,7 +168,8 @@ class BatchResize(GeometricAugmentationBase2D):
             if self._bound_step is None:
                 raise ValueError(
                     "BatchResize(policy=...) needs the step of each call: transform(batch, step=absolute_step) "
-                    "(global_step defaults to step), or transform(batch, size=...); ResizeLoader passes the size"
+                    "(global_step defaults to step), or transform(batch, size=...); ResizeLoader passes its "
+                    "counter's step"
                 )
             step, global_step = self._bound_step
         return self.policy.size_for(step, step if global_step is None else global_step, shape)

@@ -253,12 +253,8 @@ def test_bad_inputs():
         ResizeLoader(loader, transform, device="cpu", scheduler=3)
     with pytest.raises(ValueError, match=r"steps_per_epoch must be an int >= 1, got 0"):
         ResizeLoader(_Unsized(), transform, device="cpu", steps_per_epoch=0)
-    with pytest.raises(TypeError, match=r"policy must be a MultiScalePolicy or None, got int"):
-        ResizeLoader(loader, transform, 3, device="cpu")
     with pytest.raises(ValueError, match=r"epoch_to_start=2 is for a new counter, but a counter was given"):
         wrap(loader, 16, 32, device="cpu", counter=StepCounter(3), epoch_to_start=2)
-    with pytest.raises(ValueError, match=r"policy=... would override the transform's fixed size=\(32, 32\)"):
-        ResizeLoader(loader, transform, MultiScalePolicy(16, 32), device="cpu")
     with pytest.raises(TypeError, match=r"steps_per_epoch must be an int, got '3'"):
         ResizeLoader(loader, transform, counter=StepCounter(3), device="cpu", steps_per_epoch="3")
     with pytest.raises(TypeError, match=r"format must be a BatchFormat or None, got 'NHWC'"):
