@@ -31,6 +31,8 @@ CASES = {
     "uint8-uint8": (torch.uint8, torch.uint8, None),
 }
 IMPLEMENTATIONS = ["triton", "torch", "seed", "kornia", "torchvision"]
+# The Triton kernel's (ROWS, NUM_WARPS): output rows per program, warps per 128 columns.
+TILES = [(rows, warps) for rows in (1, 4, 8, 16) for warps in (1, 2, 4)]
 
 
 def _input(dtype: torch.dtype, device: str) -> torch.Tensor:
@@ -91,6 +93,29 @@ def test_resize(benchmark, name, device, case, target):
     assert out.shape == (*SHAPE[:2], target, target) and out.dtype == out_dtype
     if out.data_ptr() != x.data_ptr():  # a returned input moves no bytes: no bandwidth to report
         benchmark.extra_info["bytes"] = x.numel() * x.element_size() + out.numel() * out.element_size()
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("case", ["uint8-float32", "float32-float32"])
+@pytest.mark.parametrize("tile", TILES, ids=[f"rows{rows}_warps{warps}" for rows, warps in TILES])
+def test_kernel_tiles(benchmark, monkeypatch, tile, case):
+    """The Triton kernel's tile settings side by side, resizing to 384 on CUDA: the evidence for
+    ``_kernel.ROWS`` and ``_kernel.NUM_WARPS``. ``rows1_warps4`` reads 4 input rows per output row,
+    as the kernel did before it kept a window of rows."""
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("Triton is not installed")
+    from fastresize import _kernel
+
+    monkeypatch.setattr(_kernel, "ROWS", tile[0])
+    monkeypatch.setattr(_kernel, "NUM_WARPS", tile[1])
+    benchmark.group = f"cuda-tiles-{case}-384"
+    in_dtype, out_dtype, value_range = CASES[case]
+    x = _input(in_dtype, "cuda")
+    timed = synchronised(lambda: resize(x, 384, value_range=value_range, dtype=out_dtype, backend="triton"), "cuda")
+    expected = resize(x, 384, value_range=value_range, dtype=out_dtype, backend="torch")
+    torch.testing.assert_close(timed(), expected, atol=1e-5, rtol=0)  # warm-up: Triton compiles this tile
+    out = benchmark(timed)
+    benchmark.extra_info["bytes"] = x.numel() * x.element_size() + out.numel() * out.element_size()
 
 
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.float32], ids=["uint8", "float32"])

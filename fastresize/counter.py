@@ -18,9 +18,11 @@ class StepCounter:
 
     Two step numbers are derived from the position ``(epoch, batch)``:
 
-    * ``global_step = (epoch - epoch_to_start) * steps_per_epoch + batch``: the steps taken since *this
-      process* started. It drives max-size-first, because a restarted process starts with an empty
-      allocator and has to see the largest size first again.
+    * ``global_step = (epoch - epoch_to_start) * steps_per_epoch + batch - batch_to_start``: the steps
+      taken since *this process* started. It drives max-size-first, because a restarted process starts
+      with an empty allocator and has to see the largest size first again. ``(epoch_to_start,
+      batch_to_start)`` is where the process started: ``(epoch_to_start, 0)`` for a new counter, the
+      loaded position after :meth:`load_state_dict` (mid-epoch too).
     * ``absolute_step = epoch * steps_per_epoch + batch``: the steps since the whole training began.
       It drives the size draw and the learning rate, so a resumed run continues exactly as an
       uninterrupted one would.
@@ -43,6 +45,7 @@ class StepCounter:
     def __init__(self, steps_per_epoch: int, epoch_to_start: int = 0) -> None:
         self.steps_per_epoch = check_int("steps_per_epoch", steps_per_epoch, minimum=1)
         self.epoch_to_start = check_int("epoch_to_start", epoch_to_start, minimum=0)
+        self.batch_to_start = 0
         self._epoch = self.epoch_to_start
         self._batch = 0
 
@@ -58,8 +61,9 @@ class StepCounter:
 
     @property
     def global_step(self) -> int:
-        """Steps since this process started: ``(epoch - epoch_to_start) * steps_per_epoch + batch``."""
-        return (self._epoch - self.epoch_to_start) * self.steps_per_epoch + self._batch
+        """Steps since this process started:
+        ``(epoch - epoch_to_start) * steps_per_epoch + batch - batch_to_start``."""
+        return (self._epoch - self.epoch_to_start) * self.steps_per_epoch + self._batch - self.batch_to_start
 
     @property
     def absolute_step(self) -> int:
@@ -80,10 +84,10 @@ class StepCounter:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a saved position, as a new process.
 
-        Loading starts a new run: ``epoch_to_start`` becomes the saved epoch, so ``global_step``
-        counts from the resumed position and max-size-first runs again (a new process starts with an empty
-        allocator, so the largest size must come first again). Resume at an epoch
-        boundary (``batch == 0``) to get the full max-size-first window.
+        Loading starts a new run: ``(epoch_to_start, batch_to_start)`` becomes the saved position, so
+        ``global_step`` counts from 0 again and max-size-first runs again (a new process starts with
+        an empty allocator, so the largest size must come first again), at an epoch boundary or in
+        the middle of an epoch. ``absolute_step`` continues.
 
         Raises:
             ValueError: the keys are wrong, a value is out of range, or ``steps_per_epoch`` differs
@@ -100,10 +104,10 @@ class StepCounter:
         batch = check_int("state['batch']", state["batch"], minimum=0)
         if batch >= steps_per_epoch:
             raise ValueError(f"state['batch'] must be < steps_per_epoch={steps_per_epoch}, got {batch}")
-        self.epoch_to_start, self._epoch, self._batch = epoch, epoch, batch
+        self.epoch_to_start, self.batch_to_start, self._epoch, self._batch = epoch, batch, epoch, batch
 
     def __repr__(self) -> str:
         return (
             f"StepCounter(steps_per_epoch={self.steps_per_epoch}, epoch_to_start={self.epoch_to_start}, "
-            f"epoch={self._epoch}, batch={self._batch})"
+            f"batch_to_start={self.batch_to_start}, epoch={self._epoch}, batch={self._batch})"
         )

@@ -27,13 +27,17 @@ def epoch_length(loader: Any, steps_per_epoch: Any = None, *, source: str = "ste
     Args:
         loader: The loader; its ``len()`` is used where it has one.
         steps_per_epoch: The epoch length, or ``None`` to take ``len(loader)``. Required for a loader
-            without ``len()`` (an ``IterableDataset``).
+            without ``len()``. For an ``IterableDataset`` it may differ from ``len(loader)``, which
+            is only an estimate there (with workers, each worker ends with its own partial batch).
         source: The name ``steps_per_epoch`` goes by in the messages.
 
     Raises:
+        TypeError: ``loader`` is not iterable.
         ValueError: the loader is empty, has no ``len()`` and no ``steps_per_epoch`` was given, or
-            the two disagree.
+            the two disagree (map-style datasets).
     """
+    if not hasattr(loader, "__iter__"):
+        raise TypeError(f"loader must be an iterable of batches (a DataLoader), got {type(loader).__name__}")
     try:
         length: int | None = len(loader)
     except TypeError:
@@ -45,13 +49,34 @@ def epoch_length(loader: Any, steps_per_epoch: Any = None, *, source: str = "ste
         )
     if steps_per_epoch is None:
         if length is None:
-            kind = "an IterableDataset" if isinstance(getattr(loader, "dataset", None), IterableDataset) else "it"
-            raise ValueError(f"the loader has no len() ({kind}); pass steps_per_epoch=... (batches per epoch)")
+            raise ValueError(f"the loader has no len() ({_kind(loader)}); pass steps_per_epoch=... (batches per epoch)")
         return length
     steps = check_int(source, steps_per_epoch, minimum=1)
-    if length is not None and length != steps:
+    if length is not None and length != steps and not _iterable_dataset(loader):
         raise ValueError(f"{source}={steps} disagrees with len(loader)={length}")
     return steps
+
+
+def _iterable_dataset(loader: Any) -> bool:
+    return isinstance(getattr(loader, "dataset", None), IterableDataset)
+
+
+def _kind(loader: Any) -> str:
+    if _iterable_dataset(loader):
+        return "its dataset is an IterableDataset"
+    if isinstance(loader, Iterator):
+        return f"it is a one-pass iterator, a {type(loader).__name__}"
+    return f"a {type(loader).__name__}"
+
+
+def _given_counter(counter: Any, scheduler: Any) -> StepCounter | None:
+    """``counter``, else a counter-driven scheduler's counter, else ``None`` (make a new one)."""
+    if counter is None:
+        own = getattr(scheduler, "counter", None)
+        return own if isinstance(own, StepCounter) else None
+    if not isinstance(counter, StepCounter):
+        raise TypeError(f"counter must be a StepCounter or None, got {type(counter).__name__}")
+    return counter
 
 
 def _has_state(scheduler: Any) -> bool:
@@ -96,7 +121,10 @@ class ResizeLoader:
     ``scheduler`` out, and add :class:`fastresize.lightning.LoaderCheckpoint` to the trainer's
     callbacks so that ``Trainer.fit(ckpt_path=...)`` continues the counter.
 
-    One iteration is one epoch of ``steps_per_epoch`` batches. If the previous iteration was left
+    One iteration is one epoch of ``steps_per_epoch`` batches, from a new pass over the loader, as
+    ``for batch in loader`` starts one: an ``IterableDataset`` starts again from its beginning unless
+    it keeps its own position (or draws by the epoch it is given through ``set_epoch``), and the
+    batches it has beyond ``steps_per_epoch`` are not used. If the previous iteration was left
     early (``break``), the next one yields only the batches left in the counter's epoch, so the
     counter and the scheduler stay on epoch boundaries. The sampler's ``set_epoch`` is called with
     the counter's epoch at the start of each iteration (``DistributedSampler`` shuffles by it).
@@ -109,8 +137,9 @@ class ResizeLoader:
         counter: The step counter; defaults to a counter-driven scheduler's, else a new one.
         device: Where batches go; CUDA when available, else CPU.
         scheduler: An lr scheduler to drive per batch (see :func:`fastresize.stepping.stepper_for`).
-        steps_per_epoch: Batches per epoch. Needed when ``len(loader)`` is unknown (an
-            ``IterableDataset``); otherwise it must equal ``len(loader)``.
+        steps_per_epoch: Batches per epoch. Needed when the loader has no ``len()``; for an
+            ``IterableDataset`` it replaces ``len(loader)``, an estimate there; otherwise it must
+            equal ``len(loader)``.
         ring: Whether workers collate into the preallocated batch ring (see
             :class:`~fastresize.DevicePrefetcher`); ``None`` uses it where it applies.
 
@@ -133,13 +162,9 @@ class ResizeLoader:
         steps_per_epoch: int | None = None,
         ring: bool | None = None,
     ) -> None:
-        if not hasattr(loader, "__iter__"):
-            raise TypeError(f"loader must be an iterable of batches (a DataLoader), got {type(loader).__name__}")
         if not isinstance(transform, BatchResize):
             raise TypeError(f"transform must be a BatchResize, got {type(transform).__name__}")
-        counter = counter or getattr(scheduler, "counter", None)
-        if counter is not None and not isinstance(counter, StepCounter):
-            raise TypeError(f"counter must be a StepCounter or None, got {type(counter).__name__}")
+        counter = _given_counter(counter, scheduler)
         if counter is None:
             counter = StepCounter(epoch_length(loader, steps_per_epoch))
         else:
@@ -168,6 +193,8 @@ class ResizeLoader:
         self.device = self.prefetcher.device
         # The epoch run whose last delivered batch has not had its after_batch hook yet.
         self._pending: object | None = None
+        # The epoch run that owns the prefetcher: a new one closes the previous pass.
+        self._current: object | None = None
 
     # ---------------------------------------------------------------------------- pass-through
     def __len__(self) -> int:
@@ -189,7 +216,8 @@ class ResizeLoader:
         return self.prefetcher.batch_sampler
 
     def set_epoch(self, epoch: int) -> None:
-        """Pass ``epoch`` to the sampler (e.g. a ``DistributedSampler``) and the dataset, where they take it."""
+        """Pass ``epoch`` to the sampler (e.g. a ``DistributedSampler``), the batch sampler and the
+        dataset, where they take it."""
         self.prefetcher.set_epoch(epoch)
 
     # ------------------------------------------------------------------------------- iteration
@@ -209,7 +237,7 @@ class ResizeLoader:
     def _epoch(self) -> Iterator[Any]:
         # Everything reads the counter at the first batch, not at iter(): Lightning creates the
         # iterator before it restores a checkpoint's state into the loader.
-        run = object()
+        run = self._current = object()
         self.set_epoch(self.counter.epoch)
         remaining = self.counter.steps_per_epoch - self.counter.batch
         if self.scheduler is not None:
@@ -217,12 +245,14 @@ class ResizeLoader:
         batches = iter(self.prefetcher)
         try:
             for index in range(remaining):
+                if self._current is not run:
+                    raise RuntimeError(
+                        "this iterator was closed: a newer iter() over the same ResizeLoader started a new "
+                        "pass; iterate one pass at a time"
+                    )
                 batch = next(batches, None)
                 if batch is None:
-                    raise RuntimeError(
-                        f"the loader ran out after {index} of {remaining} batches; steps_per_epoch="
-                        f"{self.counter.steps_per_epoch} must not exceed the batches the loader yields per epoch"
-                    )
+                    raise RuntimeError(self._ran_out(index, remaining))
                 if self._pending is run:
                     self._finish()
                 if self.stepper is not None:
@@ -238,6 +268,20 @@ class ResizeLoader:
             close = getattr(batches, "close", None)
             if close is not None:
                 close()
+
+    def _ran_out(self, index: int, remaining: int) -> str:
+        message = (
+            f"the loader ran out after {index} of {remaining} batches; steps_per_epoch="
+            f"{self.counter.steps_per_epoch} must not exceed the batches the loader yields per epoch"
+        )
+        if _iterable_dataset(self.loader):
+            return message + (
+                " (len() of a DataLoader over an IterableDataset is an estimate: with workers, each ends with "
+                "its own partial batch, or drops it under drop_last); pass steps_per_epoch=... explicitly"
+            )
+        if isinstance(self.loader, Iterator):
+            return message + f" (the loader is a one-pass iterator, a {type(self.loader).__name__}: it yields once)"
+        return message
 
     # ----------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
@@ -319,7 +363,7 @@ def wrap(
         scheduler: An lr scheduler to drive per batch (see :func:`fastresize.stepping.stepper_for`).
         counter: The step counter, e.g. one a counter-driven scheduler under Lightning also reads.
             Defaults to the scheduler's counter, else a new one.
-        steps_per_epoch: Batches per epoch, for loaders without ``len()``.
+        steps_per_epoch: Batches per epoch, for loaders without ``len()`` or over an ``IterableDataset``.
         epoch_to_start: The epoch this process starts at (a resumed run), for a new counter.
         format: Where the images and targets are and their layout; defaults to the format of the
             loader's :class:`ResizeCollate`, else ``BatchFormat()``.
@@ -337,7 +381,7 @@ def wrap(
         raise TypeError(f"format must be a BatchFormat or None, got {format!r}")
     collate_format = _collate_format(loader)
     policy = MultiScalePolicy(lower, upper, multiple, max_first_steps, seed, side)
-    counter = counter or getattr(scheduler, "counter", None)
+    counter = _given_counter(counter, scheduler)
     if counter is None:
         counter = StepCounter(epoch_length(loader, steps_per_epoch), epoch_to_start)
     elif epoch_to_start != 0:

@@ -149,9 +149,11 @@ class DevicePrefetcher:
         return self.loader.batch_sampler
 
     def set_epoch(self, epoch: int) -> None:
-        """Pass ``epoch`` to the sampler (e.g. a ``DistributedSampler``) and the dataset, where they take it."""
+        """Pass ``epoch`` to the sampler (e.g. a ``DistributedSampler``), the batch sampler (e.g. one that
+        buckets by aspect ratio), the batch sampler's sampler and the dataset, where they take it."""
         targets = [
             getattr(self.loader, "sampler", None),
+            getattr(self.loader, "batch_sampler", None),
             getattr(getattr(self.loader, "batch_sampler", None), "sampler", None),
             getattr(self.loader, "dataset", None),
         ]

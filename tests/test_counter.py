@@ -70,6 +70,22 @@ def test_loading_starts_a_new_run():
     assert resumed.global_step == 0  # max-size-first runs again in the new process
 
 
+def test_loading_mid_epoch_restarts_global_step():
+    counter = StepCounter(steps_per_epoch=20)
+    for _ in range(10):
+        counter.advance()
+    resumed = StepCounter(steps_per_epoch=20)
+    resumed.load_state_dict(counter.state_dict())
+    assert (resumed.epoch_to_start, resumed.batch_to_start) == (0, 10)
+    seen = []
+    for _ in range(12):
+        seen.append((resumed.epoch, resumed.batch, resumed.global_step, resumed.absolute_step))
+        resumed.advance()
+    # Steps of this process count from 0 at the resumed batch, across the epoch boundary.
+    assert seen[:2] == [(0, 10, 0, 10), (0, 11, 1, 11)]
+    assert seen[10:] == [(1, 0, 10, 20), (1, 1, 11, 21)]
+
+
 @pytest.mark.parametrize(
     ("state", "error", "match"),
     [
@@ -84,4 +100,5 @@ def test_bad_state(state, error, match):
     counter = StepCounter(4)
     with pytest.raises(error, match=match):
         counter.load_state_dict(state)
-    assert (counter.epoch, counter.batch, counter.epoch_to_start) == (0, 0, 0)  # nothing half-loaded
+    # Nothing half-loaded:
+    assert (counter.epoch, counter.batch, counter.epoch_to_start, counter.batch_to_start) == (0, 0, 0, 0)

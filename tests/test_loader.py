@@ -119,14 +119,57 @@ def test_dict_batches_with_targets(workers, persistent, context):
 
 def test_iterable_dataset_needs_steps_per_epoch():
     loader = DataLoader(Stream(), batch_size=2, collate_fn=ResizeCollate())
-    with pytest.raises(ValueError, match=r"the loader has no len\(\) \(an IterableDataset\); pass steps_per_epoch"):
+    with pytest.raises(
+        ValueError, match=r"the loader has no len\(\) \(its dataset is an IterableDataset\); pass steps_per_epoch"
+    ):
         ResizeLoader(loader, BatchResize(32), device="cpu")
     wrapped = ResizeLoader(loader, BatchResize(32), device="cpu", steps_per_epoch=3)
     assert len(wrapped) == 3
     assert [b[:, 0, 0, 0].tolist() for b in wrapped] == [[0, 1], [2, 3], [4, 5]]
     too_long = ResizeLoader(loader, BatchResize(32), device="cpu", steps_per_epoch=5)
-    with pytest.raises(RuntimeError, match=r"the loader ran out after 4 of 5 batches"):
+    with pytest.raises(RuntimeError, match=r"the loader ran out after 4 of 5 batches.* an estimate"):
         list(too_long)
+
+
+class SizedStream(IterableDataset):
+    """An IterableDataset with a len(), sharded over the workers: each worker yields its own last batch."""
+
+    def __len__(self):
+        return 12
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        first, step = (0, 1) if info is None else (info.id, info.num_workers)
+        for i in range(first, 12, step):
+            yield torch.full((3, 16, 16), i, dtype=torch.uint8)
+
+
+def test_steps_per_epoch_replaces_the_estimated_len_of_an_iterable_dataset():
+    # 2 workers x 6 samples, batches of 4, drop_last: 2 batches, although len(loader) says 3.
+    loader = DataLoader(SizedStream(), batch_size=4, num_workers=2, drop_last=True, collate_fn=ResizeCollate())
+    assert len(loader) == 3
+    with pytest.raises(RuntimeError, match=r"ran out after 2 of 3 batches.*pass steps_per_epoch=\.\.\. explicitly"):
+        list(ResizeLoader(loader, BatchResize(32), device="cpu"))
+    wrapped = ResizeLoader(loader, BatchResize(32), device="cpu", steps_per_epoch=2)
+    assert len(wrapped) == 2
+    for _ in range(2):
+        assert sorted(b[:, 0, 0, 0].tolist() for b in wrapped) == [[0, 2, 4, 6], [1, 3, 5, 7]]
+
+
+def test_one_pass_at_a_time():
+    wrapped = wrap(DataLoader(_tensor_data(), batch_size=2), 16, 16, device="cpu")
+    first = iter(wrapped)
+    next(first)
+    second = iter(wrapped)
+    next(second)
+    with pytest.raises(RuntimeError, match=r"this iterator was closed: a newer iter\(\) over the same ResizeLoader"):
+        next(first)
+    once = wrap(
+        (torch.zeros(2, 3, 16, 16, dtype=torch.uint8) for _ in range(3)), 16, 16, device="cpu", steps_per_epoch=3
+    )
+    assert len(list(once)) == 3
+    with pytest.raises(RuntimeError, match=r"ran out after 0 of 3 batches.*a one-pass iterator, a generator"):
+        list(once)
 
 
 def test_a_broken_off_epoch_is_finished_by_the_next_iteration():
@@ -262,7 +305,11 @@ def test_bad_inputs():
     with pytest.raises(TypeError, match=r"scheduler=ReduceLROnPlateau needs a metric at each step"):
         wrap(loader, 16, 32, device="cpu", scheduler=torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer))
     with pytest.raises(TypeError, match=r"counter must be a StepCounter or None, got int"):
-        ResizeLoader(loader, transform, device="cpu", scheduler=_CountedStepper(3))
+        wrap(loader, 16, 32, device="cpu", counter=0)
+    with pytest.raises(TypeError, match=r"loader must be an iterable of batches \(a DataLoader\), got NoneType"):
+        wrap(None, 16, 32, device="cpu")
+    # A stepper's own counter of another kind is its business: the loader makes its own.
+    assert isinstance(ResizeLoader(loader, transform, device="cpu", scheduler=_CountedStepper(3)).counter, StepCounter)
 
 
 class _CountedStepper:
@@ -401,8 +448,12 @@ def test_saving_inside_the_loop_counts_the_batch_in_hand():
     resumed = _Wrapped()
     resumed.load_state_dict(state)
     rest = _epochs(resumed, 3)  # batch 2 of epoch 0 (a resume mid-epoch finishes it), then epochs 1 and 2
-    # global_step is 2 at the resume, past max_first_steps=2: sizes and lrs continue exactly
-    assert seen + rest == expected
+    assert len(seen + rest) == len(expected)
+    # The new process starts with max_first_steps=2 steps at the largest size, mid-epoch too; then
+    # the sizes continue exactly, and the lrs continue exactly throughout.
+    assert [size for size, _ in rest[:2]] == [(64, 64)] * 2
+    assert [lr for _, lr in seen + rest] == [lr for _, lr in expected]
+    assert seen + rest[2:] == expected[:2] + expected[4:]
 
 
 def test_state_round_trip():

@@ -65,6 +65,33 @@ def test_pass_through_and_set_epoch():
         len(DevicePrefetcher(iter([torch.zeros(1)]), "cpu"))
 
 
+class _EpochBatches(torch.utils.data.Sampler):
+    """A batch sampler that orders its batches by epoch, as bucketing batch samplers do."""
+
+    def __init__(self, n, batch_size):
+        self.n, self.batch_size, self.epoch = n, batch_size, 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __iter__(self):
+        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.epoch)).tolist()
+        return iter([order[i : i + self.batch_size] for i in range(0, self.n, self.batch_size)])
+
+    def __len__(self):
+        return -(-self.n // self.batch_size)
+
+
+def test_set_epoch_reaches_a_batch_sampler():
+    batch_sampler = _EpochBatches(10, 5)
+    prefetcher = DevicePrefetcher(DataLoader(_data(), batch_sampler=batch_sampler), "cpu")
+    orders = []
+    for epoch in range(2):
+        prefetcher.set_epoch(epoch)
+        orders.append([labels.tolist() for _, labels in prefetcher])
+    assert batch_sampler.epoch == 1 and orders[0] != orders[1]
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_pin_memory_loader(device):
     loader = DataLoader(_data(), batch_size=5, pin_memory=True, num_workers=1, collate_fn=ResizeCollate())
