@@ -1,6 +1,7 @@
 """Print each benchmark's median, its ratio to its group's reference and its share of copy bandwidth.
 
-Usage: ``python benchmarks/ratios.py results.json`` (made with ``--benchmark-json results.json``).
+Usage: ``python benchmarks/ratios.py results.json [more.json ...]`` (made with ``--benchmark-json``;
+several files are read as one run, e.g. the transform and loader suites run one after the other).
 The reference of a group is ``seed`` (the seed's inline code) for the transform groups,
 ``baseline`` for the pipeline and hand-over groups and ``handwritten`` for the training groups.
 Where a benchmark recorded ``extra_info["bytes"]`` (bytes read plus written), its bandwidth is
@@ -30,9 +31,12 @@ def _implementation(name: str) -> str:
     return match.group(1) if match else base
 
 
-def main(path: str) -> None:
-    with open(path) as file:
-        data = json.load(file)
+def main(*paths: str) -> None:
+    runs = []
+    for path in paths:
+        with open(path) as file:
+            runs.append(json.load(file))
+    data = {"machine_info": runs[0]["machine_info"], "benchmarks": [b for run in runs for b in run["benchmarks"]]}
     groups: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
     copy_bandwidth: dict[str, float] = defaultdict(float)
     for bench in data["benchmarks"]:
@@ -65,4 +69,4 @@ def main(path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:])

@@ -187,7 +187,13 @@ class DevicePrefetcher:
                 batch = upcoming
                 if streams is not None:
                     _hand_over(batch, *streams)
-                upcoming = self._fetch(source, streams, copies)
+                try:
+                    upcoming = self._fetch(source, streams, copies)
+                except Exception:
+                    # The next batch failed (a worker raised): deliver this one first, then raise
+                    # where the loop asks for the failed one, as the DataLoader itself would.
+                    yield batch
+                    raise
                 yield batch
         finally:
             if copies is not None:

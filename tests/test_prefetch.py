@@ -82,6 +82,27 @@ class _EpochBatches(torch.utils.data.Sampler):
         return -(-self.n // self.batch_size)
 
 
+class _FailsAt(torch.utils.data.Dataset):
+    def __len__(self):
+        return 10
+
+    def __getitem__(self, i):
+        if i == 6:
+            raise ValueError("sample 6 is corrupt")
+        return torch.full((3, 8, 8), i, dtype=torch.uint8), i
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("ring", [False, True], ids=["plain", "ring"])
+def test_a_failing_batch_raises_after_the_batches_before_it(workers, ring):
+    loader = DataLoader(_FailsAt(), batch_size=2, num_workers=workers, collate_fn=ResizeCollate())
+    delivered = []
+    with pytest.raises(ValueError, match="sample 6 is corrupt"):
+        for _, labels in DevicePrefetcher(loader, "cpu", ring=ring if workers else False):
+            delivered.append(labels.tolist())
+    assert delivered == [[0, 1], [2, 3], [4, 5]]
+
+
 def test_set_epoch_reaches_a_batch_sampler():
     batch_sampler = _EpochBatches(10, 5)
     prefetcher = DevicePrefetcher(DataLoader(_data(), batch_sampler=batch_sampler), "cpu")
