@@ -250,7 +250,7 @@ def resize(
     affine: tuple[float, float],
     clamp: tuple[float, float] | None,
 ) -> torch.Tensor:
-    """Resize an NCHW batch (any strides) into a new contiguous NCHW tensor of ``out_dtype``.
+    """Resize a non-empty NCHW batch (any strides) into a new contiguous NCHW tensor of ``out_dtype``.
 
     Args:
         images: The input as an NCHW view; an NHWC batch is passed as its permuted view.
@@ -266,8 +266,6 @@ def resize(
     n, c, h_in, w_in = images.shape
     h_out, w_out = size
     out = torch.empty((n, c, h_out, w_out), dtype=out_dtype, device=images.device)
-    if out.numel() == 0:
-        return out
     low, high = clamp if clamp is not None else (0.0, 0.0)
     # Plain integer ceil-division: triton.cdiv goes through Triton's constexpr machinery, ~3 us a call.
     grid = (-(-w_out // BLOCK_W), -(-h_out // ROWS), n)

@@ -233,6 +233,8 @@ def resize(
     same_size = tuple(nchw.shape[-2:]) == out_size
     if same_size and out_dtype == nchw.dtype and (clamp is None or out_dtype == torch.uint8):
         return nchw.detach().contiguous()  # a copy only where the input is NHWC
+    if nchw.numel() == 0:  # no images or no channels: F.interpolate refuses the latter
+        return torch.empty((*nchw.shape[:2], *out_size), dtype=out_dtype, device=nchw.device)
     if backend != "torch":
         refusal = _triton_refusal(nchw, interpolation, antialias, out_dtype)
         if refusal is None and (backend == "triton" or nchw.device.type == "cuda"):

@@ -59,31 +59,21 @@ def test_state_round_trip_continues_identically():
     assert_round_trip(lambda: StepCounter(5), _run, before=7, after=12)
 
 
-def test_loading_starts_a_new_run():
-    counter = StepCounter(steps_per_epoch=4)
-    for _ in range(8):
+@pytest.mark.parametrize(("steps_per_epoch", "taken"), [(4, 8), (20, 10)], ids=["epoch-end", "mid-epoch"])
+def test_loading_starts_a_new_run(steps_per_epoch, taken):
+    counter = StepCounter(steps_per_epoch)
+    for _ in range(taken):
         counter.advance()
-    resumed = StepCounter(steps_per_epoch=4)
+    resumed = StepCounter(steps_per_epoch)
     resumed.load_state_dict(counter.state_dict())
-    assert (resumed.epoch, resumed.batch, resumed.absolute_step) == (2, 0, 8)
-    assert resumed.epoch_to_start == 2
-    assert resumed.global_step == 0  # max-size-first runs again in the new process
-
-
-def test_loading_mid_epoch_restarts_global_step():
-    counter = StepCounter(steps_per_epoch=20)
-    for _ in range(10):
-        counter.advance()
-    resumed = StepCounter(steps_per_epoch=20)
-    resumed.load_state_dict(counter.state_dict())
-    assert (resumed.epoch_to_start, resumed.batch_to_start) == (0, 10)
+    assert (resumed.epoch_to_start, resumed.batch_to_start) == divmod(taken, steps_per_epoch)
     seen = []
-    for _ in range(12):
-        seen.append((resumed.epoch, resumed.batch, resumed.global_step, resumed.absolute_step))
+    for _ in range(steps_per_epoch + 2):
+        seen.append((resumed.global_step, resumed.absolute_step))
         resumed.advance()
-    # Steps of this process count from 0 at the resumed batch, across the epoch boundary.
-    assert seen[:2] == [(0, 10, 0, 10), (0, 11, 1, 11)]
-    assert seen[10:] == [(1, 0, 10, 20), (1, 1, 11, 21)]
+    # This process's steps count from 0 at the loaded position (max-size-first runs again), across
+    # the epoch boundary; the absolute steps continue.
+    assert seen == [(step, taken + step) for step in range(steps_per_epoch + 2)]
 
 
 @pytest.mark.parametrize(

@@ -181,6 +181,17 @@ def test_kernel_reads_strided_views_and_empty_batches(interpret):
     assert resize(x[:0], (20, 20), backend="triton").shape == (0, 3, 20, 20)
 
 
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=needs_triton)])
+@pytest.mark.parametrize("shape", [(0, 3, 8, 8), (2, 0, 8, 8)], ids=["no-images", "no-channels"])
+def test_empty_batches_give_empty_outputs(request, backend, shape):
+    if backend == "triton":
+        request.getfixturevalue("interpret")
+    out = resize(
+        torch.zeros(shape, dtype=torch.uint8), (5, 6), value_range=(0, 1), dtype=torch.float32, backend=backend
+    )
+    assert out.shape == (*shape[:2], 5, 6) and out.dtype == torch.float32
+
+
 def test_auto_runs_torch_on_the_cpu():
     x = _images((2, 3, 24, 20), torch.uint8)
     kwargs = {"value_range": (0, 1), "dtype": torch.float32}
