@@ -1,17 +1,20 @@
 """Count the instructions of fastresize's Triton kernel compiled for an H100, on a machine without a GPU.
 
 Compiles ``fastresize._kernel`` ahead of time for sm_90 (Triton bundles ``ptxas`` and
-``cuobjdump``) and prints, per case, the registers a thread uses, the bytes it spills, and an
-estimate of the instructions issued per output value. The kernel walks down the output rows and
-reads a new input row only when its window slides, so the estimate is::
+``cuobjdump``) and prints, per case, the registers a thread uses, the bytes it spills, the window
+rows the compiled loop carries (one per tap, or the kernel computes something else than the
+interpreter checked), and an estimate of the instructions issued per output value. The kernel
+walks down the output rows and reads a new input row only when its window slides, so the estimate
+is::
 
     (row + rows_read * step) / columns_per_thread
 
 ``row`` is the row loop's fixed part (weights, combining, storing), ``step`` one slide of the window
 (one input row read and interpolated along x) and ``rows_read`` the input rows read per output row,
-``(TAPS + (ROWS - 1) * min(scale, TAPS)) / ROWS``. This is a proxy, not a timing: the kernel was
-found to issue instructions faster than it moved data, so fewer instructions per value should mean
-less time, but only ``benchmarks/test_transform_bench.py::test_kernel_tiles`` on a GPU says how much.
+``(TAPS + (ROWS - 1) * min(scale, TAPS)) / ROWS``. This is a proxy, not a timing: the kernel's time on an H100
+was found close to what issuing its instructions takes and far above what moving its data takes, so
+fewer instructions per value should mean less time, but only
+``benchmarks/test_transform_bench.py::test_kernel_tiles`` on a GPU says how much.
 
 Usage: ``python -m benchmarks.kernel_instructions [--rows 8] [--warps 2] [--scale 1.333]``.
 """
@@ -44,8 +47,9 @@ _FLOATS = ("scale_h", "scale_w", "mul", "add", "low", "high")
 _DIVISIBLE = ("src", "dst", "h_in", "w_in", "h_out", "w_out", "stride_n", "stride_c", "stride_h")
 
 
-def compile_sass(taps: int, src: str, dst: str, nchw: bool, rows: int, warps: int) -> tuple[str, str]:
-    """Compile one case for sm_90; return its SASS and ``cuobjdump``'s resource line."""
+def compile_sass(taps: int, src: str, dst: str, nchw: bool, rows: int, warps: int) -> tuple[str, str, int]:
+    """Compile one case for sm_90; return its SASS, ``cuobjdump``'s resource line and the number of
+    window rows the compiled window loop carries."""
     kernel = _kernel._resize_kernel
     names = kernel.arg_names
     constants = {"TAPS": taps, "UINT8_IN": src == "u8", "CLAMP": True, "ROUND": dst == "u8", "WINDOW": True}
@@ -67,7 +71,10 @@ def compile_sass(taps: int, src: str, dst: str, nchw: bool, rows: int, warps: in
         cubin.write_bytes(compiled.asm["cubin"])
         sass = subprocess.run([tools / "cuobjdump", "-sass", cubin], capture_output=True, text=True, check=True)
         usage = subprocess.run([tools / "cuobjdump", "-res-usage", cubin], capture_output=True, text=True, check=True)
-    return sass.stdout, usage.stdout.strip().splitlines()[-1]
+    # The loop that slides the window carries `top` and, unless Triton dropped some, each window row.
+    loop = re.search(r"%[\w.]+(?::(\d+))? = scf\.while", compiled.asm["ttir"])
+    carried = int(loop.group(1) or 1) - 1 if loop else 0
+    return sass.stdout, usage.stdout.strip().splitlines()[-1], carried
 
 
 def loop_costs(sass: str) -> tuple[int, int] | None:
@@ -108,12 +115,14 @@ def main() -> None:
     args = parser.parse_args()
     columns = _kernel.BLOCK_W // (32 * args.warps)
     print(f"ROWS={args.rows} NUM_WARPS={args.warps} BLOCK_W={_kernel.BLOCK_W} scale={args.scale:.3f} (sm_90)")
-    print(f"{'case':<30} {'registers':>9} {'spilled':>7} {'row':>5} {'step':>5} {'per value':>9}")
+    print(f"{'case':<30} {'registers':>9} {'spilled':>7} {'window':>6} {'row':>5} {'step':>5} {'per value':>9}")
     for name, taps, src, dst, nchw in CASES:
-        sass, usage = compile_sass(taps, src, dst, nchw, args.rows, args.warps)
+        sass, usage, carried = compile_sass(taps, src, dst, nchw, args.rows, args.warps)
         registers = re.search(r"REG:(\d+)", usage)
         spilled = re.search(r"LOCAL:(\d+)", usage)
-        resources = f"{registers.group(1) if registers else '?':>9} {spilled.group(1) if spilled else '?':>7}"
+        resources = (
+            f"{registers.group(1) if registers else '?':>9} {spilled.group(1) if spilled else '?':>7} {carried:>6}"
+        )
         costs = loop_costs(sass)
         counts = "    -     -         -"
         if costs is not None:

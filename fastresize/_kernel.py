@@ -37,8 +37,8 @@ OUTPUT_DTYPES = INPUT_DTYPES
 # benchmarks.kernel_instructions), for uint8 to float32, 512 to 384. The design this replaced, 16
 # loads per value and one value per thread, issued 131 instructions per value and took 88 us on an
 # H100 (32x3x512x512), far from the 31 us that memory bandwidth allows and close to the ~62 us it
-# takes to issue them. Here: 93 with 4 warps, 67 with 2 (a thread's two columns share the row's
-# weights), 54 with 1 (but 63 registers and half the threads per SM). Not yet timed on a GPU:
+# takes to issue them. Here: 96 with 4 warps, 70 with 2 (a thread's two columns share the row's
+# weights), 58 with 1 (but 64 registers and half the threads per SM). Not yet timed on a GPU:
 # benchmarks/test_transform_bench.py::test_kernel_tiles times the alternatives side by side.
 ROWS, BLOCK_W, NUM_WARPS = 8, 128, 2
 
@@ -93,7 +93,7 @@ def _window_weights(x0, xb, w_in, w0, w1, w2, w3, TAPS: tl.constexpr):  # type: 
     """The weights of columns ``xb .. xb + TAPS - 1`` equivalent to taps ``x0 .. x0 + TAPS - 1``
     read with their indices clamped to the image: a tap past an edge adds its weight to the edge
     column. Reading a window that lies inside the image lets the taps share one address."""
-    v0 = w0 * 0.0
+    v0 = tl.zeros_like(w0)
     v1 = v0
     v2 = v0
     v3 = v0
@@ -190,11 +190,15 @@ def _resize_kernel(  # type: ignore[no-untyped-def]
         base = src + n * stride_n + c * stride_c
         out = dst + ((n * channels + c) * h_out + first_row) * w_out + ox
         # The window: input rows top + 1 .. top + TAPS (clamped to the image: edge rows repeat), each
-        # interpolated along x. It starts empty, above the first row's taps.
+        # interpolated along x. It starts empty, above the first row's taps. Four separate zeros:
+        # Triton carries through a loop only the names whose value the body changes, and `h0 = h1`
+        # would change nothing if both started as one tensor (the compiled loop then drops h0).
         top, _ = _source(first_row, scale_h, h_in, TAPS)
         top -= TAPS + 1
         h0 = tl.zeros([BLOCK_W], tl.float32)
-        h1, h2, h3 = h0, h0, h0
+        h1 = tl.zeros([BLOCK_W], tl.float32)
+        h2 = tl.zeros([BLOCK_W], tl.float32)
+        h3 = tl.zeros([BLOCK_W], tl.float32)
         for i in range(rows):
             y0, ty = _source(first_row + i, scale_h, h_in, TAPS)
             # Slide the window down to rows y0 .. y0 + TAPS - 1; rows it would pass over entirely

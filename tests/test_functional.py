@@ -227,8 +227,9 @@ def test_triton_needs_the_interpreter_for_cpu_tensors():
 @needs_triton
 def test_kernel_compiles_for_an_h100_without_spills():
     """Compiles the GPU kernel ahead of time for sm_90 (Triton bundles ptxas), so CPU-only CI catches
-    what the interpreter accepts but the compiler refuses, register spills, and a kernel that goes back
-    to reading every input row once per output row (131 instructions per value before the window)."""
+    what the interpreter accepts but the compiler refuses or compiles differently (a window row that
+    the compiled loop does not carry), register spills, and a kernel that goes back to reading every
+    input row once per output row (131 instructions per value before the window)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.kernel_instructions"], capture_output=True, text=True, env=env, cwd=ROOT
@@ -236,9 +237,11 @@ def test_kernel_compiles_for_an_h100_without_spills():
     assert done.returncode == 0, done.stderr[-3000:]
     rows = {line[:30].strip(): line[30:].split() for line in done.stdout.splitlines()[2:]}
     assert len(rows) == 6, done.stdout
-    for name, (registers, spilled, *_) in rows.items():
+    taps = {"bicubic": 4, "bilinear": 2, "nearest": 1}
+    for name, (registers, spilled, window, *_) in rows.items():
         assert int(spilled) == 0 and int(registers) <= 64, f"{name}: {registers} registers, {spilled} bytes spilled"
-    assert float(rows["bicubic uint8->float32"][4]) < 100, done.stdout
+        assert int(window) == taps[name.split()[0]], f"{name}: the compiled loop carries {window} window rows"
+    assert float(rows["bicubic uint8->float32"][5]) < 100, done.stdout
 
 
 # ---------------------------------------------------------------------------------- the torch path
