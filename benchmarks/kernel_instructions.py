@@ -71,9 +71,10 @@ def compile_sass(taps: int, src: str, dst: str, nchw: bool, rows: int, warps: in
         cubin.write_bytes(compiled.asm["cubin"])
         sass = subprocess.run([tools / "cuobjdump", "-sass", cubin], capture_output=True, text=True, check=True)
         usage = subprocess.run([tools / "cuobjdump", "-res-usage", cubin], capture_output=True, text=True, check=True)
-    # The loop that slides the window carries `top` and, unless Triton dropped some, each window row.
-    loop = re.search(r"%[\w.]+(?::(\d+))? = scf\.while", compiled.asm["ttir"])
-    carried = int(loop.group(1) or 1) - 1 if loop else 0
+    # The row loop and the loop that slides the window carry `top` and, unless Triton dropped some,
+    # each window row: count the tensors they carry.
+    loops = re.findall(r"= scf\.(?:while|for) [^\n]*?\) -> \(([^)]*)\)", compiled.asm["ttir"])
+    carried = min((types.count("tensor<") for types in loops), default=0)
     return sass.stdout, usage.stdout.strip().splitlines()[-1], carried
 
 
