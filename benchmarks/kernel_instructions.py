@@ -110,10 +110,14 @@ def loop_costs(sass: str) -> tuple[int, int] | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=_kernel.ROWS, help="output rows per program (ROWS)")
-    parser.add_argument("--warps", type=int, default=_kernel.NUM_WARPS, help="warps per program (NUM_WARPS)")
+    parser.add_argument("--rows", type=int, default=_kernel.ROWS, help="output rows per program (ROWS, >= 1)")
+    parser.add_argument(
+        "--warps", type=int, default=_kernel.NUM_WARPS, choices=[1, 2, 4], help="warps per program (NUM_WARPS)"
+    )
     parser.add_argument("--scale", type=float, default=512 / 384, help="input rows per output row")
     args = parser.parse_args()
+    if args.rows < 1 or args.scale <= 0:
+        parser.error(f"--rows must be >= 1 and --scale > 0, got --rows {args.rows} --scale {args.scale}")
     columns = _kernel.BLOCK_W // (32 * args.warps)
     print(f"ROWS={args.rows} NUM_WARPS={args.warps} BLOCK_W={_kernel.BLOCK_W} scale={args.scale:.3f} (sm_90)")
     print(f"{'case':<30} {'registers':>9} {'spilled':>7} {'window':>6} {'row':>5} {'step':>5} {'per value':>9}")

@@ -32,6 +32,8 @@ def _implementation(name: str) -> str:
 
 
 def main(*paths: str) -> None:
+    if not paths:
+        sys.exit("usage: python benchmarks/ratios.py results.json [more.json ...]")
     runs = []
     for path in paths:
         with open(path) as file:

@@ -36,8 +36,8 @@ OUTPUT_DTYPES = INPUT_DTYPES
 # Chosen by counting the instructions of the kernel compiled for sm_90 (python -m
 # benchmarks.kernel_instructions), for uint8 to float32, 512 to 384. The design this replaced, 16
 # loads per value and one value per thread, issued 131 instructions per value and took 88 us on an
-# H100 (32x3x512x512), far from the 31 us that memory bandwidth allows and close to the ~62 us it
-# takes to issue them. Here: 96 with 4 warps, 70 with 2 (a thread's two columns share the row's
+# H100 (32x3x512x512), far from the 31 us that memory bandwidth allows and close to the about 60 us
+# it takes to issue them. Here: 96 with 4 warps, 70 with 2 (a thread's two columns share the row's
 # weights), 58 with 1 (but 64 registers and half the threads per SM). Not yet timed on a GPU:
 # benchmarks/test_transform_bench.py::test_kernel_tiles times the alternatives side by side.
 ROWS, BLOCK_W, NUM_WARPS = 8, 128, 2
@@ -181,11 +181,13 @@ def _resize_kernel(  # type: ignore[no-untyped-def]
     if WINDOW and TAPS > 1:
         xb = tl.minimum(tl.maximum(x0, 0), w_in - TAPS)
         wx0, wx1, wx2, wx3 = _window_weights(x0, xb, w_in, wx0, wx1, wx2, wx3, TAPS)
-        x0 = xb
-    c0 = tl.minimum(tl.maximum(x0, 0), w_in - 1) * stride_w
-    c1 = tl.minimum(tl.maximum(x0 + 1, 0), w_in - 1) * stride_w
-    c2 = tl.minimum(tl.maximum(x0 + 2, 0), w_in - 1) * stride_w
-    c3 = tl.minimum(tl.maximum(x0 + 3, 0), w_in - 1) * stride_w
+        c0 = xb * stride_w
+        c1, c2, c3 = c0, c0, c0  # unused: the taps follow c0
+    else:
+        c0 = tl.minimum(tl.maximum(x0, 0), w_in - 1) * stride_w
+        c1 = tl.minimum(tl.maximum(x0 + 1, 0), w_in - 1) * stride_w
+        c2 = tl.minimum(tl.maximum(x0 + 2, 0), w_in - 1) * stride_w
+        c3 = tl.minimum(tl.maximum(x0 + 3, 0), w_in - 1) * stride_w
     for c in range(channels):
         base = src + n * stride_n + c * stride_c
         out = dst + ((n * channels + c) * h_out + first_row) * w_out + ox
@@ -254,7 +256,7 @@ def resize(
     affine: tuple[float, float],
     clamp: tuple[float, float] | None,
 ) -> torch.Tensor:
-    """Resize a non-empty NCHW batch (any strides) into a new contiguous NCHW tensor of ``out_dtype``.
+    """Resize an NCHW batch (any strides) into a new contiguous NCHW tensor of ``out_dtype``.
 
     Args:
         images: The input as an NCHW view; an NHWC batch is passed as its permuted view.
@@ -270,6 +272,8 @@ def resize(
     n, c, h_in, w_in = images.shape
     h_out, w_out = size
     out = torch.empty((n, c, h_out, w_out), dtype=out_dtype, device=images.device)
+    if out.numel() == 0:
+        return out
     low, high = clamp if clamp is not None else (0.0, 0.0)
     # Plain integer ceil-division: triton.cdiv goes through Triton's constexpr machinery, ~3 us a call.
     grid = (-(-w_out // BLOCK_W), -(-h_out // ROWS), n)

@@ -221,6 +221,8 @@ def resize(
     nchw = to_nchw(images, check_layout(layout))
     if nchw.dtype not in IMAGE_DTYPES:
         raise TypeError(f"images must have a dtype in {IMAGE_DTYPES}, got {nchw.dtype}")
+    if 0 in nchw.shape[-2:]:
+        raise ValueError(f"images must be at least 1 pixel high and wide, got shape {tuple(images.shape)}")
     out_size = check_size(size)
     check_choice("interpolation", interpolation, INTERPOLATIONS)
     check_choice("backend", backend, BACKENDS)
@@ -233,8 +235,6 @@ def resize(
     same_size = tuple(nchw.shape[-2:]) == out_size
     if same_size and out_dtype == nchw.dtype and (clamp is None or out_dtype == torch.uint8):
         return nchw.detach().contiguous()  # a copy only where the input is NHWC
-    if nchw.numel() == 0:  # no images or no channels: F.interpolate refuses the latter
-        return torch.empty((*nchw.shape[:2], *out_size), dtype=out_dtype, device=nchw.device)
     if backend != "torch":
         refusal = _triton_refusal(nchw, interpolation, antialias, out_dtype)
         if refusal is None and (backend == "triton" or nchw.device.type == "cuda"):
@@ -258,6 +258,8 @@ def _resize_torch(
     clamp: tuple[float, float] | None,
 ) -> torch.Tensor:
     """The PyTorch path: convert to the working dtype, resize, then map and clamp the output."""
+    if images.numel() == 0:  # no images or no channels: F.interpolate refuses the latter
+        return torch.empty((*images.shape[:2], *size), dtype=out_dtype, device=images.device)
     resized = tuple(images.shape[-2:]) != size
     x = _gather(images, size) if resized and interpolation == "nearest" else images  # any dtype
     # uint8 data goes through float32: in a half type, resized 0..255 values and the map would round twice.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import math
 import os
 import subprocess
 import sys
@@ -174,11 +175,10 @@ def test_uint8_output_rounds_halves_up_on_both_backends(request, backend):
     assert out.flatten().tolist() == [2, 3, 4, 4, 3, 3, 4, 4]  # half to even: [2, 2, 4, 4, 2, 2, 4, 4]
 
 
-def test_kernel_reads_strided_views_and_empty_batches(interpret):
+def test_kernel_reads_strided_views(interpret):
     x = _images((2, 3, 30, 40), torch.float32)[:, :, 3:27:2, 5:]  # not contiguous
     out = resize(x, (20, 20), backend="triton")
     _assert_close(out, _reference(x, (20, 20), "bicubic", None, torch.float32), torch.float32)
-    assert resize(x[:0], (20, 20), backend="triton").shape == (0, 3, 20, 20)
 
 
 @pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=needs_triton)])
@@ -190,6 +190,34 @@ def test_empty_batches_give_empty_outputs(request, backend, shape):
         torch.zeros(shape, dtype=torch.uint8), (5, 6), value_range=(0, 1), dtype=torch.float32, backend=backend
     )
     assert out.shape == (*shape[:2], 5, 6) and out.dtype == torch.float32
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=needs_triton)])
+def test_images_without_pixels_are_refused(backend):
+    with pytest.raises(ValueError, match=r"images must be at least 1 pixel high and wide, got shape \(1, 3, 0, 8\)"):
+        resize(torch.zeros(1, 3, 0, 8), 4, backend=backend)
+    if backend == "triton":  # an empty batch is refused what a full one is refused
+        with pytest.raises(ValueError, match=r"backend='triton' cannot run this call: antialias=True"):
+            resize(torch.zeros(0, 3, 8, 8), 4, antialias=True, backend="triton")
+
+
+def test_kernel_reads_each_input_row_once_per_slide(interpret, monkeypatch):
+    """Counts the input rows the interpreted kernel reads: each program reads the rows its output rows
+    span once (the first output row's 4, then one per slide), not 4 per output row."""
+    from fastresize import _kernel
+
+    rows_read = []
+    read = _kernel._row
+    monkeypatch.setattr(_kernel, "_row", lambda *args: rows_read.append(1) or read(*args))
+    h_in, h_out = 64, 37  # not a multiple of ROWS: the last program has 5 rows
+    resize(torch.rand(1, 1, h_in, 20), (h_out, 20), backend="triton")
+
+    def first_tap(o):  # bicubic, align_corners=False
+        return math.floor((o + 0.5) * h_in / h_out - 0.5) - 1
+
+    programs = [(o, min(o + _kernel.ROWS, h_out) - 1) for o in range(0, h_out, _kernel.ROWS)]
+    # 75 rows with ROWS=8; reading 4 input rows per output row would be 148.
+    assert len(rows_read) == sum(first_tap(last) - first_tap(first) + 4 for first, last in programs)
 
 
 def test_auto_runs_torch_on_the_cpu():
@@ -228,8 +256,8 @@ def test_triton_needs_the_interpreter_for_cpu_tensors():
 def test_kernel_compiles_for_an_h100_without_spills():
     """Compiles the GPU kernel ahead of time for sm_90 (Triton bundles ptxas), so CPU-only CI catches
     what the interpreter accepts but the compiler refuses or compiles differently (a window row that
-    the compiled loop does not carry), register spills, and a kernel that goes back to reading every
-    input row once per output row (131 instructions per value before the window)."""
+    the compiled loop does not carry), register spills, and loops that grow back towards the 131
+    instructions per value of the kernel before the window."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.kernel_instructions"], capture_output=True, text=True, env=env, cwd=ROOT
