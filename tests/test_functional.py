@@ -483,3 +483,18 @@ def test_cuda_kernel_float_input(in_dtype):
     out = resize(x, (48, 112), dtype=torch.float32, backend="triton")
     _assert_close(out, _reference(x, (48, 112), "bicubic", None, torch.float32), torch.float32)
     assert functional._triton_refusal(x, "bicubic", False, torch.float32) is None
+
+
+@pytest.mark.cuda
+@needs_triton
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("mode", [*MODES, "nearest"])
+def test_cuda_kernel_on_the_interpreter_shapes(shape, mode):
+    """The compiled kernel on the shapes the interpreter checks (rows skipped, inputs narrower than the
+    taps): what Triton compiles can differ from what it interprets."""
+    x = _images(shape[:4], torch.float32, "cuda")
+    out = resize(x, shape[4:], interpolation=mode, backend="triton")
+    if mode == "nearest":
+        assert torch.equal(out, F.interpolate(x, size=shape[4:], mode="nearest-exact"))
+    else:
+        _assert_close(out, _reference(x, shape[4:], mode, None, torch.float32), torch.float32)
