@@ -27,7 +27,7 @@ def _implementation(name: str) -> str:
         return "interpolate-native-uint8"
     if base == "test_copy":
         return "copy-" + name.rstrip("]").split("-")[-1]
-    match = re.search(r"\[(\w+)-", name)
+    match = re.search(r"\[(\w+)[-\]]", name)
     return match.group(1) if match else base
 
 

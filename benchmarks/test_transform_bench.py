@@ -118,6 +118,24 @@ def test_kernel_tiles(benchmark, monkeypatch, tile, case):
     benchmark.extra_info["bytes"] = x.numel() * x.element_size() + out.numel() * out.element_size()
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", ["triton", "torch", "seed"])
+def test_call_overhead(benchmark, name):
+    """One call on a tiny batch (1x3x16x16 uint8 to 8x8 float32), where the GPU's work is negligible:
+    the host's cost of a call (checks, allocation, the kernel launch) against the seed's three ops."""
+    if name == "triton" and importlib.util.find_spec("triton") is None:
+        pytest.skip("Triton is not installed")
+    benchmark.group = "cuda-overhead-uint8-float32-8"
+    x = torch.randint(0, 256, (1, 3, 16, 16), dtype=torch.uint8, device="cuda")
+    if name == "seed":
+        run = lambda: F.interpolate(x.float() / 255, (8, 8), mode="bicubic", align_corners=False)  # noqa: E731
+    else:
+        run = lambda: resize(x, 8, value_range=(0, 1), dtype=torch.float32, backend=name)  # noqa: E731
+    timed = synchronised(run, "cuda")
+    timed()  # warm-up: Triton compiles
+    assert benchmark(timed).shape == (1, 3, 8, 8)
+
+
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.float32], ids=["uint8", "float32"])
 @pytest.mark.parametrize("device", DEVICES)
 def test_copy(benchmark, device, dtype):
