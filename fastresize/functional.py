@@ -208,8 +208,9 @@ def resize(
 
     Raises:
         TypeError: a non-tensor input, or an unsupported dtype.
-        ValueError: a bad argument, a wrong rank or layout, a uint8/float conversion without
-            ``value_range``, ``value_range`` on uint8 data that stays uint8, or
+        ValueError: a bad argument, a wrong rank or layout, images 0 pixels high or wide, a
+            uint8/float conversion without ``value_range``, ``value_range`` on uint8 data that stays
+            uint8, or
             ``backend="triton"`` where the kernel cannot run (the message says why).
 
     Example:
