@@ -77,6 +77,16 @@ def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
     return str(value)
 
 
+def check_loader(loader: Any) -> None:
+    """Check that ``loader`` is iterable.
+
+    Raises:
+        TypeError: ``loader`` has no ``__iter__``.
+    """
+    if not hasattr(loader, "__iter__"):
+        raise TypeError(f"loader must be an iterable of batches (a DataLoader), got {type(loader).__name__}")
+
+
 def check_device(device: Any, *, types: tuple[str, ...] | None = None) -> torch.device:
     """Return ``device`` as a ``torch.device``; ``None`` means CUDA when available, else CPU.
 

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import IterableDataset
 
 from fastresize._batch import BatchFormat
-from fastresize._checks import check_int, check_state_keys
+from fastresize._checks import check_int, check_loader, check_state_keys
 from fastresize.collate import ResizeCollate
 from fastresize.counter import StepCounter
 from fastresize.policy import MultiScalePolicy
@@ -36,8 +36,7 @@ def epoch_length(loader: Any, steps_per_epoch: Any = None, *, source: str = "ste
         ValueError: the loader is empty, has no ``len()`` and no ``steps_per_epoch`` was given, or
             the two disagree (map-style datasets).
     """
-    if not hasattr(loader, "__iter__"):
-        raise TypeError(f"loader must be an iterable of batches (a DataLoader), got {type(loader).__name__}")
+    check_loader(loader)
     try:
         length: int | None = len(loader)
     except TypeError:

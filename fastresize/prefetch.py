@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from fastresize._checks import check_device
+from fastresize._checks import check_device, check_loader
 from fastresize.collate import ResizeCollate
 from fastresize.ring import BatchRing, SlotHandle, ring_blocker, ring_loader
 
@@ -105,8 +105,7 @@ class DevicePrefetcher:
     """
 
     def __init__(self, loader: Any, device: str | torch.device | None = None, *, ring: bool | None = None) -> None:
-        if not hasattr(loader, "__iter__"):
-            raise TypeError(f"loader must be an iterable of batches (a DataLoader), got {type(loader).__name__}")
+        check_loader(loader)
         if ring is not None and not isinstance(ring, bool):
             raise TypeError(f"ring must be True, False or None (where it applies), got {ring!r}")
         self.loader = loader
