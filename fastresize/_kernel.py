@@ -188,15 +188,16 @@ def _resize_kernel(  # type: ignore[no-untyped-def]
         c1 = tl.minimum(tl.maximum(x0 + 1, 0), w_in - 1) * stride_w
         c2 = tl.minimum(tl.maximum(x0 + 2, 0), w_in - 1) * stride_w
         c3 = tl.minimum(tl.maximum(x0 + 3, 0), w_in - 1) * stride_w
+    # The window, per channel: input rows top + 1 .. top + TAPS (clamped to the image: edge rows
+    # repeat), each interpolated along x. It starts empty, above the first output row's taps.
+    first_tap, _ = _source(first_row, scale_h, h_in, TAPS)
     for c in range(channels):
         base = src + n * stride_n + c * stride_c
         out = dst + ((n * channels + c) * h_out + first_row) * w_out + ox
-        # The window: input rows top + 1 .. top + TAPS (clamped to the image: edge rows repeat), each
-        # interpolated along x. It starts empty, above the first row's taps. Four separate zeros:
-        # Triton carries through a loop only the names whose value the body changes, and `h0 = h1`
-        # would change nothing if both started as one tensor (the compiled loop then drops h0).
-        top, _ = _source(first_row, scale_h, h_in, TAPS)
-        top -= TAPS + 1
+        # Four separate zeros: Triton carries through a loop only the names whose value the body
+        # changes, and `h0 = h1` would change nothing if both started as one tensor (the compiled
+        # loop then drops h0).
+        top = first_tap - TAPS - 1
         h0 = tl.zeros([BLOCK_W], tl.float32)
         h1 = tl.zeros([BLOCK_W], tl.float32)
         h2 = tl.zeros([BLOCK_W], tl.float32)
