@@ -25,6 +25,8 @@ their start-up is not timed. ``extra_info["images_per_second"]`` is derived from
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -36,6 +38,15 @@ from benchmarks.conftest import DEVICES
 from fastresize import DevicePrefetcher, ResizeCollate, wrap
 
 IMAGES, SIDE, BATCH, LOWER, UPPER = 128, 256, 16, 128, 256
+
+
+def _time_epochs(benchmark: Any, epoch: Callable[[], int], images: int, rounds: int) -> None:
+    """Run one untimed epoch (the warm-up), then ``rounds`` timed ones; each must see every image.
+    Records ``images_per_second`` from the median."""
+    epoch()
+    assert benchmark.pedantic(epoch, rounds=rounds, iterations=1) == images
+    if benchmark.stats is not None:  # None under --benchmark-disable
+        benchmark.extra_info["images_per_second"] = images / benchmark.stats.stats.median
 
 
 class Images(Dataset):
@@ -105,11 +116,7 @@ def test_pipeline(benchmark, pipeline, workers, device):
         epoch = _baseline(workers, device)
     else:
         epoch = _fastresize(workers, device, ring=False if pipeline == "noring" else None)
-    epoch()  # warm-up: workers start, allocator and kernels settle
-    seen = benchmark.pedantic(epoch, rounds=5, iterations=1)
-    assert seen == IMAGES
-    if benchmark.stats is not None:  # None under --benchmark-disable
-        benchmark.extra_info["images_per_second"] = IMAGES / benchmark.stats.stats.median
+    _time_epochs(benchmark, epoch, IMAGES, rounds=5)  # warm-up: workers start, allocator and kernels settle
 
 
 def _handover_sizes(device: str) -> tuple[int, int]:
@@ -169,13 +176,9 @@ def test_handover(benchmark, pipeline, device, workers):
             torch.cuda.synchronize()
         return seen
 
-    epoch()  # warm-up: workers start, slots are made and page-locked
-    seen = benchmark.pedantic(epoch, rounds=10, iterations=1)
-    assert seen == images
+    _time_epochs(benchmark, epoch, images, rounds=10)  # warm-up: workers start, slots are made and page-locked
     if pipeline == "ring":
         assert prefetcher.ring is not None and prefetcher.ring.counts["plain"] == 0
-    if benchmark.stats is not None:  # None under --benchmark-disable
-        benchmark.extra_info["images_per_second"] = images / benchmark.stats.stats.median
 
 
 def _conv_net(device: str) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
@@ -241,8 +244,4 @@ def test_training_step(benchmark, pipeline, device, workers):
             torch.cuda.synchronize()
         return seen
 
-    epoch()  # warm-up: workers start, kernels and allocator settle
-    seen = benchmark.pedantic(epoch, rounds=5, iterations=1)
-    assert seen == images
-    if benchmark.stats is not None:  # None under --benchmark-disable
-        benchmark.extra_info["images_per_second"] = images / benchmark.stats.stats.median
+    _time_epochs(benchmark, epoch, images, rounds=5)  # warm-up: workers start, kernels and allocator settle
