@@ -1,4 +1,4 @@
-"""Count the instructions of fastresize's Triton kernel compiled for an H100, on a machine without a GPU.
+"""Count the instructions of fastresize's Triton kernels compiled for an H100, on a machine without a GPU.
 
 Compiles ``fastresize._kernel`` ahead of time for sm_90 (Triton bundles ``ptxas`` and
 ``cuobjdump``) and prints, per case, the registers a thread uses, the bytes it spills, the window
@@ -16,7 +16,10 @@ was found close to what issuing its instructions takes and far above what moving
 fewer instructions per value should mean less time, but only
 ``benchmarks/test_transform_bench.py::test_kernel_tiles`` on a GPU says how much.
 
-Usage: ``python -m benchmarks.kernel_instructions [--rows 8] [--warps 2] [--scale 1.333]``.
+``--crop`` counts the ragged crop kernel (``fastresize._kernel.crop_resize``) on the same cases,
+with ragged images' strides: its counts should stay close to the dense kernel's.
+
+Usage: ``python -m benchmarks.kernel_instructions [--rows 8] [--warps 2] [--scale 1.333] [--crop]``.
 """
 
 from __future__ import annotations
@@ -47,21 +50,28 @@ _FLOATS = ("scale_h", "scale_w", "mul", "add", "low", "high")
 _DIVISIBLE = ("src", "dst", "h_in", "w_in", "h_out", "w_out", "stride_n", "stride_c", "stride_h")
 
 
-def compile_sass(taps: int, src: str, dst: str, nchw: bool, rows: int, warps: int) -> tuple[str, str, int]:
-    """Compile one case for sm_90; return its SASS, ``cuobjdump``'s resource line and the number of
-    window rows the compiled window loop carries."""
-    kernel = _kernel._resize_kernel
+def compile_sass(
+    taps: int, src: str, dst: str, nchw: bool, rows: int, warps: int, crop: bool = False
+) -> tuple[str, str, int]:
+    """Compile one case for sm_90 (``crop``: the ragged crop kernel); return its SASS, ``cuobjdump``'s
+    resource line and the number of window rows the compiled window loop carries."""
+    kernel = _kernel._crop_kernel if crop else _kernel._resize_kernel
     names = kernel.arg_names
     constants = {"TAPS": taps, "UINT8_IN": src == "u8", "CLAMP": True, "ROUND": dst == "u8", "WINDOW": True}
     constants |= {"ROWS": rows, "BLOCK_W": _kernel.BLOCK_W}
     constants["stride_w" if nchw else "stride_c"] = 1  # Triton specialises an int argument equal to 1
+    if crop:  # ragged images: NCHW ones differ in their channel stride, NHWC ones share every stride
+        constants |= {"SHARED_C": not nchw, "SHARED_W": True, "WIDE": False}
     signature = {name: "i32" for name in names} | {"src": "*" + src, "dst": "*" + dst}
+    signature |= {"table": "*i64", "ftable": "*fp32"} if crop else {}
     signature |= dict.fromkeys(_FLOATS, "fp32") | dict.fromkeys(constants, "constexpr")
+    signature = {name: signature[name] for name in names}
+    divisible = [k for k in (*_DIVISIBLE, "table", "ftable") if k in names and k not in constants]
     source = ASTSource(
         fn=kernel,
         signature=signature,
         constexprs={(names.index(k),): v for k, v in constants.items()},
-        attrs={(names.index(k),): [["tt.divisibility", 16]] for k in _DIVISIBLE if k not in constants},
+        attrs={(names.index(k),): [["tt.divisibility", 16]] for k in divisible},
     )
     options = {"num_warps": warps, "enable_fp_fusion": True}  # as fastresize launches it
     compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
@@ -115,14 +125,18 @@ def main() -> None:
         "--warps", type=int, default=_kernel.NUM_WARPS, choices=[1, 2, 4], help="warps per program (NUM_WARPS)"
     )
     parser.add_argument("--scale", type=float, default=512 / 384, help="input rows per output row")
+    parser.add_argument(
+        "--crop", action="store_true", help="the ragged crop kernel (strides and boxes from a table) instead"
+    )
     args = parser.parse_args()
     if args.rows < 1 or args.scale <= 0:
         parser.error(f"--rows must be >= 1 and --scale > 0, got --rows {args.rows} --scale {args.scale}")
     columns = _kernel.BLOCK_W // (32 * args.warps)
-    print(f"ROWS={args.rows} NUM_WARPS={args.warps} BLOCK_W={_kernel.BLOCK_W} scale={args.scale:.3f} (sm_90)")
+    kernel = "crop kernel" if args.crop else "dense kernel"
+    print(f"{kernel}: ROWS={args.rows} NUM_WARPS={args.warps} BLOCK_W={_kernel.BLOCK_W} scale={args.scale:.3f} (sm_90)")
     print(f"{'case':<30} {'registers':>9} {'spilled':>7} {'window':>6} {'row':>5} {'step':>5} {'per value':>9}")
     for name, taps, src, dst, nchw in CASES:
-        sass, usage, carried = compile_sass(taps, src, dst, nchw, args.rows, args.warps)
+        sass, usage, carried = compile_sass(taps, src, dst, nchw, args.rows, args.warps, args.crop)
         registers = re.search(r"REG:(\d+)", usage)
         spilled = re.search(r"LOCAL:(\d+)", usage)
         resources = (

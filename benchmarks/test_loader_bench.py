@@ -25,7 +25,10 @@ their start-up is not timed. ``extra_info["images_per_second"]`` is derived from
 from __future__ import annotations
 
 import os
+import statistics
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,7 +38,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from benchmarks.conftest import DEVICES
-from fastresize import DevicePrefetcher, ResizeCollate, wrap
+from benchmarks.images import make_jpeg_folder
+from fastresize import BatchFormat, DevicePrefetcher, ImageFolder, ResizeCollate, wrap
+from fastresize.folder import find_images
 
 IMAGES, SIDE, BATCH, LOWER, UPPER = 128, 256, 16, 128, 256
 
@@ -245,3 +250,117 @@ def test_training_step(benchmark, pipeline, device, workers):
         return seen
 
     _time_epochs(benchmark, epoch, images, rounds=5)  # warm-up: workers start, kernels and allocator settle
+
+
+FOLDER_BATCH, FOLDER_WORKERS, FOLDER_SIDE = 32, 2, 256
+
+
+def _folder_size() -> tuple[int, int]:
+    """(images, rounds) of ``test_folder_pipeline``: ``FASTRESIZE_FOLDER_BENCH=IMAGES,ROUNDS``; small for CI."""
+    knob = os.environ.get("FASTRESIZE_FOLDER_BENCH")
+    if knob:
+        images, rounds = (int(v) for v in knob.split(","))
+        return images, rounds
+    return 64, 3
+
+
+@pytest.fixture(scope="module")
+def jpeg_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("jpegs")
+    make_jpeg_folder(root, count=_folder_size()[0], low=300, high=600)
+    return root
+
+
+class PillowCropped(Dataset):
+    """Today's recipe in a worker: decode with Pillow, resize the short side to ``side``, centre-crop, to HWC."""
+
+    def __init__(self, root: Path, side: int) -> None:
+        self.files, self.side = find_images(root), side
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        from PIL import Image
+
+        with Image.open(self.files[index]) as opened:
+            image = opened.convert("RGB")
+        scale = self.side / min(image.size)
+        width, height = max(self.side, round(image.width * scale)), max(self.side, round(image.height * scale))
+        image = image.resize((width, height), Image.Resampling.BICUBIC)
+        left, top = (width - self.side) // 2, (height - self.side) // 2
+        image = image.crop((left, top, left + self.side, top + self.side))
+        return torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(self.side, self.side, 3)
+
+
+def _worker_seconds() -> float:
+    """CPU seconds (user + system) that this process's children, the DataLoader workers, have used so far."""
+    total, tick = 0.0, os.sysconf("SC_CLK_TCK")
+    for task in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{task}/children") as children:
+            for pid in children.read().split():
+                try:
+                    with open(f"/proc/{pid}/stat") as stat:
+                        fields = stat.read().rsplit(")", 1)[1].split()
+                except FileNotFoundError:
+                    continue
+                total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def _folder_recipe(recipe: str, root: Path, device: str) -> Callable[[], int]:
+    """One epoch of a folder of JPEGs, batches of 32, sizes 128..256, through ``recipe``."""
+    fmt = BatchFormat(layout="NHWC")
+    dataset = PillowCropped(root, FOLDER_SIDE) if recipe == "today" else ImageFolder(files=find_images(root))
+    loader = DataLoader(
+        dataset, batch_size=FOLDER_BATCH, num_workers=FOLDER_WORKERS, persistent_workers=True,
+        collate_fn=ResizeCollate(format=fmt),
+    )  # fmt: skip
+    crop = None if recipe == "today" else "center"
+    wrapped = wrap(loader, LOWER, UPPER, device=device, value_range=(0, 1), dtype=torch.float32, crop=crop)
+
+    def epoch() -> int:
+        seen = sum((batch[0] if isinstance(batch, list) else batch).shape[0] for batch in wrapped)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return seen
+
+    return epoch
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_folder_pipeline(benchmark, device, jpeg_folder):
+    """A folder of JPEGs of mixed sizes, two recipes interleaved round by round (a burst of load hits both):
+
+    * ``today``: the workers decode with Pillow, centre-crop and resize to 256, and the device
+      resizes the batch again to the step's size;
+    * ``one_resample``: :class:`fastresize.ImageFolder` decodes with kornia-rs, and each image is
+      cropped and resized once, straight to the step's size: by the workers on the CPU, by the
+      device on CUDA (``resample_in="auto"``).
+
+    Records, per recipe, the median images/s and its spread over the rounds, the workers' CPU time
+    per image, and the ratio of the medians (``one_resample`` over ``today``).
+    """
+    benchmark.group = f"folder-{device}-workers{FOLDER_WORKERS}"
+    images, rounds = _folder_size()
+    recipes = {name: _folder_recipe(name, jpeg_folder, device) for name in ("today", "one_resample")}
+    for epoch in recipes.values():
+        assert epoch() == images  # warm-up: workers start, slots are made
+    seconds: dict[str, list[float]] = {name: [] for name in recipes}
+    worker: dict[str, list[float]] = {name: [] for name in recipes}
+
+    def both() -> None:
+        order = list(recipes) if len(seconds["today"]) % 2 == 0 else list(reversed(recipes))
+        for name in order:
+            cpu, start = _worker_seconds(), time.perf_counter()
+            assert recipes[name]() == images
+            seconds[name].append(time.perf_counter() - start)
+            worker[name].append((_worker_seconds() - cpu) / images)
+
+    benchmark.pedantic(both, rounds=rounds, iterations=1)
+    for name in recipes:
+        rates = [images / s for s in seconds[name]]
+        benchmark.extra_info[f"{name}_images_per_second"] = statistics.median(rates)
+        benchmark.extra_info[f"{name}_spread"] = [min(rates), max(rates)]
+        benchmark.extra_info[f"{name}_worker_ms_per_image"] = 1000 * statistics.median(worker[name])
+    benchmark.extra_info["ratio"] = statistics.median(seconds["today"]) / statistics.median(seconds["one_resample"])

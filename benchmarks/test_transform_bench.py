@@ -10,6 +10,9 @@ compares that bandwidth with the device copy (``x.clone()``) measured in the sam
 from __future__ import annotations
 
 import importlib.util
+import itertools
+import statistics
+import time
 from collections.abc import Callable
 
 import kornia
@@ -18,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.conftest import DEVICES, synchronised
+from fastresize import BatchResize, functional
 from fastresize.functional import resize
 
 SHAPE = (32, 3, 512, 512)
@@ -158,3 +162,62 @@ def test_uint8_native_interpolate(benchmark, device):
     out = benchmark(lambda: F.interpolate(x, size=(384, 384), mode="bicubic", align_corners=False))
     assert out.dtype == torch.uint8
     benchmark.extra_info["bytes"] = x.numel() + out.numel()
+
+
+NAMES = ("baseline", "checked")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", NAMES)
+def test_range_check(benchmark, name, device):
+    """The per-batch cost of ``BatchResize``'s value-range check one call later: float32 32x3x256x256
+    in [0, 1] resized to 192, past the first steps, with ``validate=False`` (``baseline``) and the
+    default check (``checked``). Each round of one runs the other untimed just before it, so both
+    see the same caches; ``extra_info`` holds the paired ratio (this one over the other) of those
+    rounds, median and quartiles. ``sqrt(checked's / baseline's)`` cancels which one ran second."""
+    benchmark.group = f"{device}-rangecheck-float32-192"
+    x = _input(torch.float32, device)[:, :, :256, :256].contiguous()
+    steps = itertools.count(100)  # past max-size-first: every call is checked one call later
+    transforms = {n: BatchResize(192, value_range=(0, 1), validate=None if n == "checked" else False) for n in NAMES}
+    calls = {n: synchronised(lambda t=t: t(x, global_step=next(steps)), device) for n, t in transforms.items()}
+    own: list[float] = []
+    partner: list[float] = []
+
+    def run(times: list[float], call: Callable[[], torch.Tensor]) -> torch.Tensor:
+        start = time.perf_counter()
+        out = call()
+        times.append(time.perf_counter() - start)
+        return out
+
+    for _ in range(3):  # warm-up: Triton compiles, the allocator settles
+        calls["baseline"](), calls["checked"]()
+    other = next(n for n in NAMES if n != name)
+
+    def setup() -> None:  # untimed: the other transform's call, just before each timed one
+        run(partner, calls[other])
+
+    out = benchmark.pedantic(run, args=(own, calls[name]), setup=setup, rounds=40, warmup_rounds=2)
+    assert out.shape == (32, 3, 192, 192) and len(own) == len(partner)
+    ratios = [a / b for a, b in zip(own, partner, strict=True)]
+    benchmark.extra_info["paired_ratio_median"] = statistics.median(ratios)
+    if len(ratios) > 1:  # --benchmark-disable runs it once
+        benchmark.extra_info["paired_ratio_quartiles"] = statistics.quantiles(ratios, n=4)
+
+
+@pytest.mark.cuda
+def test_kernel_self_check(benchmark, monkeypatch):
+    """The kernel's self-check, run once per configuration (here uint8 -> float32, bicubic, NCHW):
+    the probe through the kernel and the torch path, and the comparison, with the probe's kernel
+    already compiled; ``extra_info["first_s"]`` is the first check of the process, compilation included."""
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("Triton is not installed")
+    benchmark.group = "cuda-selfcheck-uint8-float32"
+    monkeypatch.setenv("FASTRESIZE_KERNEL_CHECK", "1")
+    x = _input(torch.uint8, "cuda")
+    args = (x, "bicubic", torch.float32, (1 / 255, 0.0), (0.0, 1.0))
+    functional._KERNEL_CHECKS.clear()
+    start = time.perf_counter()
+    assert functional._kernel_check(*args) is None
+    benchmark.extra_info["first_s"] = time.perf_counter() - start
+    benchmark.pedantic(functional._kernel_check, args=args, setup=functional._KERNEL_CHECKS.clear, rounds=20)
+    assert functional._KERNEL_CHECKS[(x.device, torch.uint8, torch.float32, "bicubic", "NCHW")] is None

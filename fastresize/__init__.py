@@ -4,10 +4,13 @@ from fastresize import functional
 from fastresize._batch import BatchFormat
 from fastresize.collate import ResizeCollate
 from fastresize.counter import StepCounter
+from fastresize.crop import CropPolicy
+from fastresize.folder import ImageFolder
 from fastresize.loader import ResizeLoader, wrap
 from fastresize.memory import MemoryProfiler
 from fastresize.policy import MultiScalePolicy
 from fastresize.prefetch import DevicePrefetcher
+from fastresize.ragged import RaggedImages
 from fastresize.scheduler import CosineAnnealingWarmbootingLR
 from fastresize.transform import BatchResize, ResizedBatch
 
@@ -15,9 +18,12 @@ __all__ = [
     "BatchFormat",
     "BatchResize",
     "CosineAnnealingWarmbootingLR",
+    "CropPolicy",
     "DevicePrefetcher",
+    "ImageFolder",
     "MemoryProfiler",
     "MultiScalePolicy",
+    "RaggedImages",
     "ResizeCollate",
     "ResizeLoader",
     "ResizedBatch",

@@ -7,11 +7,17 @@ workers, the batch ring and the device transform. It is configuration, not state
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
-ARGUMENTS = {"images": "image_key", "masks": "mask_key", "boxes": "boxes_key", "keypoints": "keypoints_key"}
+ARGUMENTS = {
+    "images": "image_key",
+    "masks": "mask_key",
+    "boxes": "boxes_key",
+    "keypoints": "keypoints_key",
+    "crops": "crop_key",
+}
 Key = str | int
 LAYOUTS = ("NCHW", "NHWC")
 
@@ -93,6 +99,8 @@ class BatchFormat:
         mask_key: Where the masks are, if the batch has any to resize.
         boxes_key: Where the ``xyxy`` pixel boxes are, if any.
         keypoints_key: Where the ``xy`` pixel keypoints are, if any.
+        crop_key: Where each image's source box is (``xyxy`` pixels), for a transform whose crop
+            rule is ``"provided"`` (see :class:`~fastresize.crop.CropPolicy`).
 
     Example:
         >>> fmt = BatchFormat(layout="NHWC", mask_key="mask")
@@ -108,6 +116,7 @@ class BatchFormat:
         mask_key: Key | None = None,
         boxes_key: Key | None = None,
         keypoints_key: Key | None = None,
+        crop_key: Key | None = None,
     ) -> None:
         self.layout = check_layout(layout)
         self.keys: dict[str, Key | None] = {
@@ -115,14 +124,16 @@ class BatchFormat:
             "masks": _check_key("mask_key", mask_key),
             "boxes": _check_key("boxes_key", boxes_key),
             "keypoints": _check_key("keypoints_key", keypoints_key),
+            "crops": _check_key("crop_key", crop_key),
         }
         # Every batch of a loader has one structure: find the fields once per structure.
         self._located: dict[Any, dict[str, Key]] = {}
 
     @property
     def ragged(self) -> tuple[str, ...]:
-        """The declared fields with a different count per image (boxes, keypoints)."""
-        return tuple(f for f in ("boxes", "keypoints") if self.keys[f] is not None)
+        """The declared fields kept per image by the collate: boxes and keypoints (a count of their own
+        per image) and crops."""
+        return tuple(f for f in ("boxes", "keypoints", "crops") if self.keys[f] is not None)
 
     def nchw(self, images: Any, name: str = "images") -> torch.Tensor:
         """Check an image batch in this format's layout and return it as an NCHW view (see :func:`to_nchw`)."""
@@ -159,6 +170,13 @@ class BatchFormat:
             found[field] = key
         return found
 
+    def split(self, batch: Any) -> Parts:
+        """Take ``batch`` apart: its declared fields, and the rest of it with ``None`` where they were."""
+        where = self.locate(batch)
+        if not where:
+            return Parts({"images": batch}, None, self)
+        return Parts({field: batch[key] for field, key in where.items()}, self.put(batch, dict.fromkeys(where)), self)
+
     def get(self, batch: Any) -> dict[str, Any]:
         """Return ``{field: value}`` for the declared fields; a bare batch is all images."""
         where = self.locate(batch)
@@ -167,7 +185,7 @@ class BatchFormat:
         return {field: batch[key] for field, key in where.items()}
 
     def put(self, batch: Any, values: Mapping[str, Any]) -> Any:
-        """Return a new batch of the same form with the fields replaced by ``values``."""
+        """Return a new batch of the same form with the fields replaced by ``values`` (``batch`` is not changed)."""
         where = self.locate(batch)
         if not where:
             return values["images"]
@@ -196,3 +214,22 @@ class BatchFormat:
     def __repr__(self) -> str:
         keys = "".join(f", {ARGUMENTS[f]}={k!r}" for f, k in self.keys.items() if k is not None)
         return f"BatchFormat(layout={self.layout!r}{keys})"
+
+
+class Parts(NamedTuple):
+    """A batch taken apart once, where it is collated, and put together once, on the device.
+
+    Attributes:
+        fields: The declared fields (``"images"``, and ``"masks"``, ``"boxes"``, ``"keypoints"``
+            where declared) by name.
+        rest: The batch with ``None`` in place of the fields, or ``None`` for a bare image batch.
+        format: The format that took it apart.
+    """
+
+    fields: dict[str, Any]
+    rest: Any
+    format: BatchFormat
+
+    def join(self, fields: Mapping[str, Any] | None = None) -> Any:
+        """Return the batch in its own form, with ``fields`` replacing the held fields where given."""
+        return self.format.put(self.rest, {**self.fields, **(fields or {})})

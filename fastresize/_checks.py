@@ -77,6 +77,48 @@ def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
     return str(value)
 
 
+def check_size(name: str, value: Any) -> tuple[int, int]:
+    """Return ``value`` as ``(height, width)``: an int ``s`` means ``(s, s)``.
+
+    Raises:
+        TypeError: a side is not an int.
+        ValueError: not an int or a pair, or a side below 1.
+    """
+    if type(value) is tuple and len(value) == 2 and type(value[0]) is int and type(value[1]) is int and min(value) > 0:
+        return value  # the hot path: sizes from a policy or an earlier check
+    pair = tuple(value) if isinstance(value, (tuple, list, torch.Size)) else (value, value)
+    if len(pair) != 2:
+        raise ValueError(f"{name} must be an int or a (height, width) pair, got {value!r}")
+    return (check_int(name, pair[0], minimum=1), check_int(name, pair[1], minimum=1))
+
+
+def check_range(name: str, value: Any) -> tuple[float, float] | None:
+    """Return ``value`` as a ``(low, high)`` pair of finite floats with ``low < high``, or ``None``.
+
+    Raises:
+        ValueError: not a pair, not finite, or ``low >= high``.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ValueError(f"{name} must be a (low, high) pair such as (0, 1), got {value!r}")
+    low, high = check_float(f"{name}[0]", value[0]), check_float(f"{name}[1]", value[1])
+    if low >= high:
+        raise ValueError(f"{name} must have low < high, got {value!r}")
+    return (low, high)
+
+
+def check_dtype(name: str, value: Any, choices: tuple[torch.dtype, ...]) -> torch.dtype | None:
+    """Return ``value`` if it is one of ``choices`` or ``None``.
+
+    Raises:
+        TypeError: any other value.
+    """
+    if value is not None and value not in choices:
+        raise TypeError(f"{name} must be one of {choices} or None, got {value!r}")
+    return value  # type: ignore[no-any-return]
+
+
 def check_loader(loader: Any) -> None:
     """Check that ``loader`` is iterable.
 

@@ -2,13 +2,37 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch.utils.data import default_collate
+from torch.utils.data import default_collate, get_worker_info
 
-from fastresize._batch import BatchFormat
+from fastresize._batch import BatchFormat, Parts
+from fastresize.ragged import RaggedImages
+from fastresize.resample import Stamp, Stamped
+
+Allocate = Callable[[int, int, bool], torch.Tensor | None]
+"""``allocate(nbytes, count, ragged)``: a 1-D uint8 buffer of at least ``nbytes`` for ``count`` images
+(of different sizes where ``ragged``), or ``None``."""
+
+_NO_SHM = re.compile(r"shared memory|shm|No space left on device|Cannot allocate memory", re.IGNORECASE)
+SHM_ADVICE = (
+    "/dev/shm, where DataLoader workers hand batches over, is full: give it room (`docker run --shm-size=8g`, "
+    "or a larger tmpfs on /dev/shm), or lower num_workers, prefetch_factor or batch_size"
+)
+
+
+def shm_error(error: BaseException) -> bool:
+    """Whether ``error`` says that shared memory could not be allocated."""
+    return isinstance(error, (RuntimeError, OSError)) and _NO_SHM.search(str(error)) is not None
+
+
+def _shared(numel: int, dtype: torch.dtype) -> torch.Tensor:
+    """A buffer for a batch: shared memory in a worker (as ``default_collate`` does), so it crosses without a copy."""
+    buffer = torch.empty(numel, dtype=dtype)
+    return buffer.share_memory_() if get_worker_info() is not None else buffer  # type: ignore[no-untyped-call]
 
 
 class ResizeCollate:
@@ -18,16 +42,17 @@ class ResizeCollate:
     images stay uint8 (4x fewer bytes to move than float32); the device converts and resizes.
 
     * ``format`` (a :class:`~fastresize.BatchFormat`, shared with the device transform) says where
-      the images are and their layout. The images are handed over contiguous in that layout: NHWC
-      stays NHWC, since the device resize reads it directly.
+      the images are and their layout. Images of one shape are stacked contiguous in that layout:
+      NHWC stays NHWC, since the device resize reads it directly.
+    * Images of different sizes (a folder of photos) make a *ragged* batch: they are packed back to
+      back into one buffer, a :class:`~fastresize.ragged.RaggedImages` with a table of each image's
+      offset, height and width, and the device crops and resizes each one to the step's size. They
+      must share their channel count and dtype. A custom ``collate_fn`` cannot see ragged images,
+      so it refuses them.
     * Boxes and keypoints (``format.boxes_key``, ``format.keypoints_key``) hold a different count
-      per image, so they are kept as a list of per-image tensors instead of being stacked; masks
-      are stacked and made contiguous. Every other entry passes through the wrapped collate as is.
-    * Each sample must hold one image of the batch's shape: ``(C, H, W)``, or ``(H, W, C)`` with
-      ``layout="NHWC"``. The DataLoader must batch (``batch_size`` not ``None``).
-
-    Used by a :class:`~fastresize.DevicePrefetcher`, this collate also lets the workers stack the
-    images straight into the prefetcher's batch ring (see :mod:`fastresize.ring`).
+      per image, so they are kept as a list of per-image tensors; masks are stacked (a list of
+      per-image masks in a ragged batch). Every other entry goes through the wrapped collate.
+    * The DataLoader must batch (``batch_size`` not ``None``).
 
     Args:
         collate_fn: The collate function to wrap; ``torch.utils.data.default_collate`` when ``None``.
@@ -41,6 +66,9 @@ class ResizeCollate:
         >>> images, labels = collate(samples)
         >>> images.shape, images.dtype, labels.tolist()
         (torch.Size([2, 3, 8, 8]), torch.uint8, [1, 0])
+        >>> ragged, _ = collate([(torch.zeros(3, 8, 8), 1), (torch.ones(3, 6, 9), 0)])  # two sizes
+        >>> ragged.sizes
+        [(8, 8), (6, 9)]
     """
 
     def __init__(
@@ -58,17 +86,35 @@ class ResizeCollate:
             )
         self.collate_fn = collate_fn if collate_fn is not None else default_collate
         self.format = format if format is not None else BatchFormat()
+        # Set by the loader on its private copy when the workers resize (see fastresize.resample).
+        self.resample: Callable[[Stamp, dict[str, Any]], dict[str, Any]] | None = None
+
+    @property
+    def custom(self) -> bool:
+        """Whether the wrapped collate is the user's own (it must then see the images)."""
+        return self.collate_fn is not default_collate
 
     def __call__(self, samples: list[Any]) -> Any:
-        """Collate ``samples`` and hand over a contiguous batch in ``format.layout``."""
-        return self.collate(samples)
+        """Collate ``samples``: a batch of the wrapped collate's form, the images contiguous in ``format.layout``."""
+        return self.split(samples).join()
 
-    def images_of(self, samples: list[Any]) -> list[Any]:
-        """Return the image of each sample, after checking that ``samples`` is a non-empty batch.
+    def split(self, samples: list[Any], allocate: Allocate | None = None) -> Parts:
+        """Collate ``samples`` into a batch taken apart: its declared fields, and the rest.
+
+        Args:
+            samples: The samples of one batch.
+            allocate: Where to put the images (see :data:`Allocate`): the batch ring's slots, or
+                ``None`` to allocate as usual.
+
+        Returns:
+            The :class:`~fastresize._batch.Parts`: the images (a tensor, or a ``RaggedImages`` for
+            images of different sizes), masks, and boxes and keypoints as per-image lists.
 
         Raises:
-            TypeError: ``samples`` is not a list, as with ``DataLoader(batch_size=None)``.
-            ValueError: ``samples`` is empty.
+            TypeError: not a batch of samples, or images that are not tensors.
+            ValueError: an empty batch, ragged images with a custom collate, or a batch that is not
+                4-D in ``format.layout`` (see :meth:`BatchFormat.nchw`).
+            RuntimeError: shared memory (``/dev/shm``) is full.
         """
         if not isinstance(samples, list):
             raise TypeError(
@@ -77,62 +123,80 @@ class ResizeCollate:
             )
         if not samples:
             raise ValueError("ResizeCollate got an empty list of samples; the DataLoader's batches must not be empty")
-        return [self.format.get(sample)["images"] for sample in samples]
-
-    def collate(self, samples: list[Any], images: torch.Tensor | None = None) -> Any:
-        """Collate ``samples``; the images are ``images`` where given, else the samples' own, stacked.
-
-        Args:
-            samples: The samples of one batch.
-            images: The samples' images, already stacked (the batch ring stacks them into its
-                slot); the samples' own images then stay out of the wrapped collate.
-
-        Returns:
-            The batch, of the form the wrapped collate gives, with the images contiguous in
-            ``format.layout`` and the boxes and keypoints as per-image lists.
-
-        Raises:
-            TypeError: not a batch of samples, or the images do not collate into a tensor.
-            ValueError: an empty batch, images of different shapes, or a batch that is not 4-D in
-                ``format.layout`` (see :meth:`BatchFormat.nchw`).
-        """
-        stacked = self.images_of(samples)
-        # Boxes and keypoints differ in count per image: keep them per image, out of the collate.
-        ragged = self.format.ragged
-        lists = {field: [self.format.get(sample)[field] for sample in samples] for field in ragged}
-        # Fields kept out of the collate get a stand-in that every collate function stacks; the
-        # real values replace it afterwards.
-        left_out = (*ragged, "images") if images is not None else ragged
-        if left_out:
-            samples = [self.format.put(sample, dict.fromkeys(left_out, 0)) for sample in samples]
+        stamp = samples[0].stamp if isinstance(samples[0], Stamped) else None
+        if stamp is not None:
+            samples = [sample.item for sample in samples]
+        per_sample = [self.format.get(sample) for sample in samples]
+        fields = {field: [values[field] for values in per_sample] for field in per_sample[0]}
+        if stamp is not None and self.resample is not None:
+            fields = self.resample(stamp, fields)
+        # Boxes and keypoints differ in count per image: they stay lists. A custom collate (MixUp)
+        # must see the images and masks; otherwise they are stacked here, or packed when ragged.
+        taken = [field for field in fields if not self.custom or field in self.format.ragged]
+        shapes = sorted({tuple(getattr(image, "shape", ())) for image in fields["images"]})
+        if self.custom and len(shapes) > 1:
+            raise ValueError(
+                f"the images of one batch have different shapes {shapes}, and ResizeCollate wraps a custom "
+                "collate_fn, which would have to stack them; crop or resize them to one size in the dataset, or "
+                "drop the custom collate_fn so that they travel as a ragged batch"
+            )
+        stand_ins = [self.format.put(sample, dict.fromkeys(taken, 0)) for sample in samples]
         try:
-            batch = self.collate_fn(samples)
+            rest = self.collate_fn(stand_ins)
+            if "images" in taken:
+                fields["images"] = self._images(fields["images"], allocate)
+            if "masks" in taken:
+                masks = fields["masks"]
+                same = len({tuple(getattr(m, "shape", ())) for m in masks}) == 1
+                fields["masks"] = default_collate(masks) if same else masks
         except RuntimeError as error:
-            shapes = sorted({tuple(getattr(image, "shape", ())) for image in stacked})
-            if len(shapes) > 1:
-                raise ValueError(
-                    f"the images of one batch must share a shape to be stacked, got shapes {shapes}; "
-                    "crop or resize them to one size in the dataset (the device resizes afterwards)"
-                ) from error
+            if shm_error(error):
+                raise RuntimeError(f"{SHM_ADVICE} ({error})") from error
             raise ValueError(
                 f"the wrapped collate_fn could not collate the samples ({error}); an entry with a different "
                 "count per sample (boxes, keypoints) must be declared with BatchFormat(boxes_key=...) or "
                 "BatchFormat(keypoints_key=...)"
             ) from error
-        values = self.format.get(batch)
-        if images is not None:
-            values["images"] = images
-        if not isinstance(values["images"], torch.Tensor):
+        for field in fields.keys() - taken:
+            fields[field] = self.format.get(rest)[field]
+        images = fields["images"]
+        if not isinstance(images, (torch.Tensor, RaggedImages)):
             raise TypeError(
-                f"the images must collate into a torch.Tensor, got {type(values['images']).__name__}; "
+                f"the images must collate into a torch.Tensor, got {type(images).__name__}; "
                 "have the dataset return tensors (e.g. torch.from_numpy or torchvision's pil_to_tensor)"
             )
-        self.format.nchw(values["images"])  # rank and layout checks, with advice
-        values["images"] = values["images"].contiguous()
-        if isinstance(values.get("masks"), torch.Tensor):
-            values["masks"] = values["masks"].contiguous()
-        values.update(lists)
-        return self.format.put(batch, values)
+        if isinstance(images, torch.Tensor):
+            self.format.nchw(images)  # rank and layout checks, with advice
+            fields["images"] = images.contiguous()
+        if isinstance(fields.get("masks"), torch.Tensor):
+            fields["masks"] = fields["masks"].contiguous()  # type: ignore[attr-defined]
+        return Parts(fields, self.format.put(rest, dict.fromkeys(fields)), self.format)
+
+    def _images(self, images: list[Any], allocate: Allocate | None) -> Any:
+        """Stack the images, or pack them when their sizes differ, into the allocated buffer or a new one."""
+        if not all(isinstance(image, torch.Tensor) for image in images):
+            return default_collate(images)  # whatever it makes of them: the caller names a non-tensor
+        first = images[0]
+        shapes = sorted({tuple(image.shape) for image in images})
+        if len(shapes) == 1:
+            nbytes = first.nbytes * len(images)
+            buffer = None if allocate is None else allocate(nbytes, len(images), False)
+            if buffer is None:
+                return default_collate(images)
+            return torch.stack(images, out=buffer[:nbytes].view(first.dtype).view(len(images), *first.shape))
+        if any(image.ndim != 3 for image in images):
+            raise ValueError(
+                f"the images of one batch must share a shape, or be 3-D images of different sizes (a ragged "
+                f"batch), got shapes {shapes}"
+            )
+        for image in images:
+            self.format.nchw(image[None])  # the NHWC guard, image by image
+        layout = self.format.layout or "NCHW"
+        count = RaggedImages.numel_of(images)
+        nbytes = count * first.element_size()
+        buffer = None if allocate is None else allocate(nbytes, len(images), True)
+        out = _shared(count, first.dtype) if buffer is None else buffer[:nbytes].view(first.dtype)
+        return RaggedImages.pack(images, layout, out=out)
 
     def __repr__(self) -> str:
         name = getattr(self.collate_fn, "__name__", type(self.collate_fn).__name__)

@@ -17,10 +17,9 @@ from fastresize._batch import BatchFormat
 from fastresize._checks import check_int
 from fastresize.collate import ResizeCollate
 from fastresize.counter import StepCounter
+from fastresize.folder import ImageFolder, find_images
 from fastresize.loader import wrap
 from fastresize.scheduler import CosineAnnealingWarmbootingLR
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 
 
 class SyntheticImages(Dataset[torch.Tensor]):
@@ -50,41 +49,6 @@ class SyntheticImages(Dataset[torch.Tensor]):
         cy, cx = torch.randint(self.size // 4, 3 * self.size // 4, (2,), generator=g).tolist()
         image[:, (yy - cy) ** 2 + (xx - cx) ** 2 < (self.size // 6) ** 2] = torch.rand(3, 1, generator=g)
         return (image.clamp(0, 1) * 255).round().to(torch.uint8)
-
-
-class ImageFolder(Dataset[torch.Tensor]):
-    """The images of a folder (recursively), decoded with Pillow to uint8 CHW squares of ``size``.
-
-    Args:
-        root: The folder.
-        size: The side length workers hand over (short side resized, then centre-cropped).
-    """
-
-    def __init__(self, root: str | Path, size: int) -> None:
-        self.root = Path(root)
-        if not self.root.is_dir():
-            raise ValueError(f"--data must be a folder of images, got {str(root)!r}")
-        self.files = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not self.files:
-            raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {str(root)!r}")
-        self.size = size
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        try:
-            from PIL import Image
-        except ImportError as error:  # pragma: no cover - depends on the environment
-            raise ImportError("--data needs Pillow: pip install 'fastresize[data]'") from error
-        with Image.open(self.files[index]) as opened:
-            image = opened.convert("RGB")
-        scale = self.size / min(image.size)
-        width, height = max(self.size, round(image.width * scale)), max(self.size, round(image.height * scale))
-        image = image.resize((width, height), Image.Resampling.BICUBIC)
-        left, top = (width - self.size) // 2, (height - self.size) // 2
-        image = image.crop((left, top, left + self.size, top + self.size))
-        return torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(self.size, self.size, 3)
 
 
 class ConvAutoencoder(nn.Module):
@@ -133,22 +97,27 @@ def run_demo(
     seed: int = 0,
     device: str | None = None,
     data: str | None = None,
+    ramp: tuple[int, int] | None = None,
     progress: bool = True,
 ) -> list[StepRecord]:
     """Train the autoencoder for ``steps`` steps and return what every step saw.
 
-    Workers hand over uint8 NHWC (``--data``) or NCHW (synthetic) batches; the wrapped loader moves
-    them to the device, converts them to float in ``[-1, 1]`` and resizes them to the policy's size;
-    the warmboot scheduler is driven by the loader.
+    With ``data``, the workers decode the folder's images (:class:`~fastresize.ImageFolder`, each
+    at its own size) and every image is centre-cropped and resized once, straight to the step's
+    size: by the workers on the CPU, by the device on CUDA. Synthetic images are one size, handed
+    over as uint8 NCHW batches and resized on the device. Either way the loader converts them to
+    float in ``[-1, 1]``, and drives the warmboot scheduler. With ``ramp=(first, last)`` (epochs)
+    the size grows from ``lower`` to ``upper`` between those epochs, a progressive resize, and the
+    first steps still use ``upper``, the largest size of the whole run.
     """
     check_int("steps", steps, minimum=1)
     check_int("image_size", image_size, minimum=1)
     torch.manual_seed(seed)
-    dataset: Dataset[torch.Tensor]
+    dataset: Dataset[Any]
     if data is not None:
-        dataset, layout = ImageFolder(data, image_size), "NHWC"
+        dataset, layout, crop = _images_of(data), "NHWC", "center"
     else:
-        dataset, layout = SyntheticImages(images, image_size), "NCHW"
+        dataset, layout, crop = SyntheticImages(images, image_size), "NCHW", None
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
@@ -166,8 +135,17 @@ def run_demo(
     scheduler = CosineAnnealingWarmbootingLR(
         optimizer, epochs, steps=[max(2, epochs // 2)] if epochs > 3 else [], warmup_epoch=1, counter=counter
     )
+    bounds = (lower, upper) if ramp is None else ((lower, upper), (lower, upper))
     wrapped = wrap(
-        loader, lower, upper, device=device, seed=seed, scheduler=scheduler, value_range=(-1, 1), dtype=torch.float32
+        loader,
+        *bounds,
+        ramp_epochs=None if ramp is None else (ramp[0], ramp[1]),
+        device=device,
+        seed=seed,
+        scheduler=scheduler,
+        value_range=(-1, 1),
+        dtype=torch.float32,
+        crop=crop,
     )
     model.to(wrapped.device)
     records: list[StepRecord] = []
@@ -175,6 +153,7 @@ def run_demo(
     while len(records) < steps:
         start = time.perf_counter()
         for batch in wrapped:
+            batch = batch[0] if isinstance(batch, list) else batch  # an image folder's (images, labels)
             current_lr = optimizer.param_groups[0]["lr"]
             loss = nn.functional.mse_loss(model(batch), batch)
             optimizer.zero_grad(set_to_none=True)
@@ -204,6 +183,17 @@ def run_demo(
     return records
 
 
+def _images_of(data: str) -> ImageFolder:
+    """The images of the folder ``data``, recursively (no class folders needed)."""
+    root = Path(data)
+    if not root.is_dir():
+        raise ValueError(f"--data must be a folder of images, got {data!r}")
+    files = find_images(root)
+    if not files:
+        raise ValueError(f"no images found under {data!r}")
+    return ImageFolder(files=files)
+
+
 def print_table(records: list[StepRecord], device: str, file: TextIO) -> None:
     """Print one row per step: its size, learning rate, loss and throughput."""
     print(f"device: {device}", file=file)
@@ -220,12 +210,23 @@ def add_arguments(parser: Any) -> None:
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers")
     parser.add_argument("--lower", type=int, default=64, help="smallest training size")
     parser.add_argument("--upper", type=int, default=128, help="largest training size, used for the first steps")
-    parser.add_argument("--image-size", type=int, default=128, help="side length of the images the workers hand over")
+    parser.add_argument("--image-size", type=int, default=128, help="side length of the synthetic images")
     parser.add_argument("--images", type=int, default=64, help="number of synthetic images (without --data)")
     parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of the warmboot scheduler")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sizes, the shuffling and the model")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     parser.add_argument(
-        "--data", default=None, help="train on this folder of images (needs Pillow) instead of synthetic ones"
+        "--data",
+        default=None,
+        help="train on this folder of images, each at its own size, centre-cropped and resized once (JPEG through "
+        "kornia-rs; other formats need Pillow) instead of synthetic ones",
+    )
+    parser.add_argument(
+        "--ramp",
+        type=int,
+        nargs=2,
+        metavar=("FIRST", "LAST"),
+        default=None,
+        help="a progressive resize: the size grows from --lower to --upper between these epochs",
     )
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")

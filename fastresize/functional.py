@@ -9,98 +9,96 @@ it runs PyTorch's ``F.interpolate`` followed by the value-range map on the outpu
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+import os
+import warnings
+from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from fastresize import _checks
 from fastresize._batch import check_layout, to_nchw
-from fastresize._checks import check_choice, check_float, check_int
 
 IMAGE_DTYPES = (torch.uint8, torch.float16, torch.bfloat16, torch.float32, torch.float64)
 """The image dtypes :func:`resize` reads and writes."""
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 BACKENDS = ("auto", "triton", "torch")
 RANGE_TOLERANCE = 0.1
-"""How far, as a share of its width, data may stray outside ``value_range`` before
-:func:`check_value_range` raises (an earlier bicubic resize overshoots by up to about 0.15 on
-``[0, 1]`` edges, clamped away here; data in 0..255 declared as ``(0, 1)`` is far outside)."""
+"""How far, as a share of its width, data may stray outside ``value_range`` before the range check
+raises (an earlier bicubic resize overshoots by up to about 0.15 on ``[0, 1]`` edges, clamped away
+here; data in 0..255 declared as ``(0, 1)`` is far outside)."""
 
 Points = torch.Tensor | Sequence[torch.Tensor]
 """Boxes or keypoints: one tensor for the batch, or one tensor per image (detection style)."""
 
 
-def check_size(size: Any, name: str = "size") -> tuple[int, int]:
-    """Return ``size`` as ``(height, width)``: an int ``s`` means ``(s, s)``.
-
-    Raises:
-        TypeError: a side is not an int.
-        ValueError: not an int or a pair, or a side below 1.
-    """
-    if type(size) is tuple and len(size) == 2 and type(size[0]) is int and type(size[1]) is int and min(size) > 0:
-        return size  # the hot path: sizes from a policy or an earlier check
-    pair = tuple(size) if isinstance(size, (tuple, list, torch.Size)) else (size, size)
-    if len(pair) != 2:
-        raise ValueError(f"{name} must be an int or a (height, width) pair, got {size!r}")
-    return (check_int(name, pair[0], minimum=1), check_int(name, pair[1], minimum=1))
-
-
-def check_range(value_range: Any) -> tuple[float, float] | None:
-    """Return ``value_range`` as a ``(low, high)`` pair of floats with ``low < high``, or ``None``.
-
-    Raises:
-        ValueError: not a pair, not finite, or ``low >= high``.
-    """
-    if value_range is None:
-        return None
-    if not isinstance(value_range, (tuple, list)) or len(value_range) != 2:
-        raise ValueError(f"value_range must be a (low, high) pair such as (0, 1), got {value_range!r}")
-    low = check_float("value_range[0]", value_range[0])
-    high = check_float("value_range[1]", value_range[1])
-    if low >= high:
-        raise ValueError(f"value_range must have low < high, got {value_range!r}")
-    return (low, high)
-
-
-def check_dtype(dtype: Any, name: str = "dtype") -> torch.dtype | None:
-    """Return ``dtype`` if it is one of :data:`IMAGE_DTYPES` or ``None``.
-
-    Raises:
-        TypeError: any other value.
-    """
-    if dtype is not None and dtype not in IMAGE_DTYPES:
-        raise TypeError(f"{name} must be one of {IMAGE_DTYPES} or None, got {dtype!r}")
-    return dtype  # type: ignore[no-any-return]
-
-
-def check_value_range(images: torch.Tensor, value_range: tuple[float, float] | None) -> None:
-    """Check that float ``images`` lie in ``value_range``; uint8 images and ``None`` pass.
-
-    One ``aminmax`` and one device synchronisation: call it on the first batches of a run, not on
-    every batch. Values may stray outside the range by :data:`RANGE_TOLERANCE` of its width.
-
-    Raises:
-        ValueError: the images lie outside ``value_range`` (NaN included); the message shows the
-            observed minimum and maximum and the likely fix.
-    """
-    if value_range is None or not images.is_floating_point() or images.numel() == 0:
-        return
+def _range_error(value_range: tuple[float, float], lowest: float, highest: float) -> str | None:
+    """Why images whose values span ``[lowest, highest]`` do not fit ``value_range``, or ``None`` if they do."""
     low, high = value_range
-    lowest, highest = torch.stack(torch.aminmax(images.detach())).tolist()  # one device sync
     margin = RANGE_TOLERANCE * (high - low)
     if low - margin <= lowest and highest <= high + margin:
-        return
+        return None
     if highest > high and highest <= 255 + margin and lowest >= -margin:
         fix = "they look like 0..255 data: divide the images by 255, or pass value_range=(0, 255)"
     elif lowest < low and lowest >= -1 - margin and highest <= 1 + margin:
         fix = "they look like [-1, 1] data: pass value_range=(-1, 1)"
     else:
         fix = "pass the range the data lies in as value_range=(low, high)"
-    raise ValueError(
-        f"value_range={value_range} does not match the images: observed min {lowest:.4g} and max {highest:.4g}; {fix}"
-    )
+    observed = f"observed min {lowest:.4g} and max {highest:.4g}"
+    return f"value_range={value_range} does not match the images: {observed}; {fix}"
+
+
+def _check_value_range(images: torch.Tensor, value_range: tuple[float, float] | None) -> None:
+    """Check that float ``images`` lie in ``value_range`` (within :data:`RANGE_TOLERANCE`), with one device sync.
+
+    Raises:
+        ValueError: they do not (NaN included); the message shows the observed minimum and maximum and the fix.
+    """
+    if value_range is None or not images.is_floating_point() or images.numel() == 0:
+        return
+    error = _range_error(value_range, *torch.stack(torch.aminmax(images.detach())).tolist())
+    if error is not None:
+        raise ValueError(error)
+
+
+def _check_flags(interpolation: str, antialias: bool, value_range: Any, dtype: Any, backend: str) -> dict[str, Any]:
+    """Check :func:`resize`'s settings; :class:`~fastresize.BatchResize` checks them once and keeps the result."""
+    _checks.check_choice("interpolation", interpolation, INTERPOLATIONS)
+    _checks.check_choice("backend", backend, BACKENDS)
+    if not isinstance(antialias, bool):
+        raise TypeError(f"antialias must be a bool, got {antialias!r}")
+    if antialias and interpolation == "nearest":
+        raise ValueError("antialias=True needs interpolation='bicubic' or 'bilinear'; nearest has no antialias")
+    return {
+        "interpolation": interpolation,
+        "antialias": antialias,
+        "value_range": _checks.check_range("value_range", value_range),
+        "dtype": _checks.check_dtype("dtype", dtype, IMAGE_DTYPES),
+        "backend": backend,
+    }
+
+
+# Public in fastresize 0.2: each still works, with a DeprecationWarning.
+_DEPRECATED: dict[str, Callable[..., Any]] = {
+    "check_size": lambda size, name="size": _checks.check_size(name, size),
+    "check_range": lambda value_range: _checks.check_range("value_range", value_range),
+    "check_dtype": lambda dtype, name="dtype": _checks.check_dtype(name, dtype, IMAGE_DTYPES),
+    "check_value_range": _check_value_range,
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _DEPRECATED:
+        warnings.warn(
+            f"fastresize.functional.{name} is deprecated and will be removed: resize and BatchResize check "
+            "their arguments themselves",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return _DEPRECATED[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @functools.cache
@@ -113,7 +111,7 @@ def _triton() -> ModuleType | None:
     return _kernel
 
 
-def _triton_refusal(images: torch.Tensor, interpolation: str, antialias: bool, out_dtype: torch.dtype) -> str | None:
+def _triton_refusal(images: torch.Tensor, antialias: bool, out_dtype: torch.dtype) -> str | None:
     """Why the Triton kernel cannot run this call, or ``None`` if it can."""
     kernel = _triton()
     if kernel is None:
@@ -130,6 +128,72 @@ def _triton_refusal(images: torch.Tensor, interpolation: str, antialias: bool, o
     if images.device.type not in ("cuda", "cpu"):
         return f"the images are on {images.device.type}, the kernel runs on CUDA"
     return None
+
+
+_AUTO_DEVICES = ("cuda",)
+"""The device types on which ``backend="auto"`` runs the kernel (tests add the interpreter's CPU)."""
+KERNEL_TOLERANCES = {
+    torch.float32: (1e-5, 0.0),
+    torch.float16: (1e-5, 2.0**-10),
+    torch.bfloat16: (1e-5, 2.0**-7),
+    torch.uint8: (1.0, 0.0),
+}
+"""``(atol, rtol)`` of the kernel's output against a float32 resize, per output dtype: float atol is a
+share of the value range's width (1 without one), uint8 atol is in levels; rtol covers a half type's
+last place. The kernel's tests and its self-check both use them."""
+_KERNEL_CHECKS: dict[tuple[Any, ...], str | None] = {}
+"""The self-check's verdict per configuration: ``None`` (the kernel agrees) or why it is not used."""
+
+
+def _kernel_check(
+    images: torch.Tensor, mode: str, out_dtype: torch.dtype, affine: tuple[float, float], clamp: Any
+) -> str | None:
+    """The kernel's self-check: ``None`` if the kernel may run this configuration, else why not.
+
+    On the first call of each (device, input dtype, output dtype, mode, layout), run the kernel and
+    the torch path on a small probe and compare them within :data:`KERNEL_TOLERANCES`. A mismatch or
+    a kernel that fails to compile or launch warns once and is remembered. ``FASTRESIZE_KERNEL_CHECK=0``
+    skips the check, and so does a call that ``torch.compile`` traces.
+    """
+    layout = "NCHW" if images.stride(-1) == 1 else "NHWC"
+    key = (images.device, images.dtype, out_dtype, mode, layout)
+    if key in _KERNEL_CHECKS or os.environ.get("FASTRESIZE_KERNEL_CHECK") == "0" or torch.compiler.is_compiling():
+        return _KERNEL_CHECKS.get(key)
+    kernel = _triton()
+    # 45 rows to 5 skips rows (9x smaller), 7 columns to 11 reads every edge tap; not square.
+    shape, size = (2, 3, 45, 7), (5, 11)
+    g = torch.Generator().manual_seed(0)
+    probe = torch.randint(0, 256, shape, generator=g, dtype=torch.uint8) if images.dtype == torch.uint8 else None
+    probe = (torch.rand(shape, generator=g).to(images.dtype) if probe is None else probe).to(images.device)
+    probe = probe.contiguous(memory_format=torch.channels_last if layout == "NHWC" else torch.contiguous_format)
+    width = clamp[1] - clamp[0] if clamp is not None and out_dtype.is_floating_point else 1.0
+    atol, rtol = KERNEL_TOLERANCES[out_dtype]
+    try:
+        out = kernel.resize(probe, size, mode, out_dtype, affine, clamp).double()  # type: ignore[union-attr]
+        exact = _resize_torch(
+            probe if probe.dtype in (torch.uint8, torch.float32) else probe.float(), size, mode, False,
+            out_dtype if out_dtype == torch.uint8 else torch.float32, *affine, clamp,
+        ).double()  # fmt: skip
+        error = (out - exact).abs()
+        fits = bool((error <= atol * width + rtol * exact.abs()).all())  # NaN does not fit
+        failure = None if fits else f"differs from PyTorch's resize by up to {float(error.max()):.3g}"
+    except Exception as exception:  # a compiler or driver error: the torch path still works
+        failure = f"failed to run ({type(exception).__name__}: {exception})"
+    if failure is not None:
+        where = torch.cuda.get_device_name(images.device) if images.is_cuda else f"{images.device.type} (interpreter)"
+        version = kernel.triton.__version__  # type: ignore[union-attr]
+        failure = (
+            f"the Triton resize kernel {failure} on {where} with Triton {version}, for {images.dtype} -> "
+            f"{out_dtype}, {mode}, {layout}"
+        )
+        warnings.warn(
+            f"{failure}; fastresize resizes this configuration with PyTorch from now on (please report it; "
+            "FASTRESIZE_KERNEL_CHECK=0 turns the check off)",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+    _KERNEL_CHECKS[key] = failure
+    return failure
 
 
 def _value_map(
@@ -167,6 +231,7 @@ def resize(
     dtype: torch.dtype | None = None,
     layout: str | None = None,
     backend: str = "auto",
+    validate: bool = False,
 ) -> torch.Tensor:
     """Resize a batch of images and convert it to ``dtype``, in one pass on CUDA.
 
@@ -193,6 +258,19 @@ def resize(
         * ``"torch"``: converts to float, ``F.interpolate``, then the map and the clamp on the output.
         * ``"auto"``: Triton for CUDA tensors where it is installed and supports the call, else torch.
 
+        The kernel checks itself: the first call of each (device, input dtype, output dtype, mode,
+        layout) also runs it and the torch path on a small probe. If they differ, or the kernel fails
+        to compile or launch, a ``RuntimeWarning`` names the GPU and the Triton version, ``"auto"``
+        resizes that configuration with PyTorch from then on, and ``"triton"`` raises. The
+        environment variable ``FASTRESIZE_KERNEL_CHECK=0`` turns the check off.
+
+    Warning:
+        **By default this function does not check that float images lie in** ``value_range``: a
+        stateless call cannot read the device's answer later, and reading it now costs a device
+        sync. 0..255 data declared as ``(0, 1)`` comes out clamped to almost all ones, silently.
+        Pass ``validate=True`` to check every call (one ``aminmax`` and a sync), or use
+        :class:`~fastresize.BatchResize` or the loader, which check every batch without a sync.
+
     Args:
         images: ``(B, C, H, W)``, or ``(B, H, W, C)`` with ``layout="NHWC"``; uint8 or float.
         size: The output size: ``s`` for ``(s, s)``, or ``(height, width)``.
@@ -202,6 +280,7 @@ def resize(
         dtype: Output dtype; ``None`` keeps the input's.
         layout: ``"NCHW"``, ``"NHWC"`` or ``None`` (NCHW, refusing shapes that look like NHWC).
         backend: ``"auto"``, ``"triton"`` or ``"torch"``.
+        validate: Check that float images lie in ``value_range`` (see the warning above).
 
     Returns:
         The resized ``(B, C, height, width)`` batch.
@@ -210,8 +289,8 @@ def resize(
         TypeError: a non-tensor input, or an unsupported dtype.
         ValueError: a bad argument, a wrong rank or layout, images 0 pixels high or wide, a
             uint8/float conversion without ``value_range``, ``value_range`` on uint8 data that stays
-            uint8, or
-            ``backend="triton"`` where the kernel cannot run (the message says why).
+            uint8, float images outside ``value_range`` with ``validate=True``, or ``backend="triton"``
+            where the kernel cannot run (the message says why).
 
     Example:
         >>> images = torch.randint(0, 256, (2, 3, 64, 48), dtype=torch.uint8)
@@ -220,32 +299,46 @@ def resize(
         (torch.Size([2, 3, 32, 32]), torch.float32, True)
     """
     nchw = to_nchw(images, check_layout(layout))
-    if nchw.dtype not in IMAGE_DTYPES:
-        raise TypeError(f"images must have a dtype in {IMAGE_DTYPES}, got {nchw.dtype}")
-    if 0 in nchw.shape[-2:]:
+    flags = _check_flags(interpolation, antialias, value_range, dtype, backend)
+    if not isinstance(validate, bool):
+        raise TypeError(f"validate must be True or False, got {validate!r}")
+    if validate:
+        _check_value_range(nchw, flags["value_range"])
+    return _resize(nchw, _checks.check_size("size", size), **flags)
+
+
+def _resize(
+    images: torch.Tensor,
+    size: tuple[int, int],
+    *,
+    interpolation: str,
+    antialias: bool,
+    value_range: tuple[float, float] | None,
+    dtype: torch.dtype | None,
+    backend: str,
+) -> torch.Tensor:
+    """:func:`resize` of an NCHW view with checked settings (:func:`_check_flags`): the images are checked here."""
+    if images.dtype not in IMAGE_DTYPES:
+        raise TypeError(f"images must have a dtype in {IMAGE_DTYPES}, got {images.dtype}")
+    if 0 in images.shape[-2:]:
         raise ValueError(f"images must be at least 1 pixel high and wide, got shape {tuple(images.shape)}")
-    out_size = check_size(size)
-    check_choice("interpolation", interpolation, INTERPOLATIONS)
-    check_choice("backend", backend, BACKENDS)
-    if not isinstance(antialias, bool):
-        raise TypeError(f"antialias must be a bool, got {antialias!r}")
-    if antialias and interpolation == "nearest":
-        raise ValueError("antialias=True needs interpolation='bicubic' or 'bilinear'; nearest has no antialias")
-    out_dtype = check_dtype(dtype) or nchw.dtype
-    scale, offset, clamp = _value_map(nchw.dtype, out_dtype, check_range(value_range))
-    same_size = tuple(nchw.shape[-2:]) == out_size
-    if same_size and out_dtype == nchw.dtype and (clamp is None or out_dtype == torch.uint8):
-        return nchw.detach().contiguous()  # a copy only where the input is NHWC
+    out_dtype = dtype or images.dtype
+    scale, offset, clamp = _value_map(images.dtype, out_dtype, value_range)
+    same_size = tuple(images.shape[-2:]) == size
+    if same_size and out_dtype == images.dtype and (clamp is None or out_dtype == torch.uint8):
+        return images.detach().contiguous()  # a copy only where the input is NHWC
     if backend != "torch":
-        refusal = _triton_refusal(nchw, interpolation, antialias, out_dtype)
-        if refusal is None and (backend == "triton" or nchw.device.type == "cuda"):
-            mode = "nearest" if same_size else interpolation
-            kernel = _triton()
-            return kernel.resize(nchw.detach(), out_size, mode, out_dtype, (scale, offset), clamp)  # type: ignore[union-attr,no-any-return]
+        mode = "nearest" if same_size else interpolation
+        refusal = _triton_refusal(images, antialias, out_dtype)
+        if refusal is None and (backend == "triton" or images.device.type in _AUTO_DEVICES):
+            refusal = _kernel_check(images, mode, out_dtype, (scale, offset), clamp)
+            if refusal is None:
+                kernel = _triton()
+                return kernel.resize(images.detach(), size, mode, out_dtype, (scale, offset), clamp)  # type: ignore[union-attr,no-any-return]
         if backend == "triton":
             raise ValueError(f"backend='triton' cannot run this call: {refusal}; use backend='auto' or 'torch'")
     with torch.no_grad():
-        return _resize_torch(nchw, out_size, interpolation, antialias, out_dtype, scale, offset, clamp)
+        return _resize_torch(images, size, interpolation, antialias, out_dtype, scale, offset, clamp)
 
 
 def _resize_torch(
@@ -315,7 +408,7 @@ def resize_masks(masks: torch.Tensor, size: int | tuple[int, int]) -> torch.Tens
         raise TypeError(f"masks must be a torch.Tensor, got {type(masks).__name__}")
     if masks.ndim not in (3, 4):
         raise ValueError(f"masks must be (B, H, W) or (B, C, H, W), got shape {tuple(masks.shape)}")
-    out_size = check_size(size)
+    out_size = _checks.check_size("size", size)
     if tuple(masks.shape[-2:]) == out_size:
         return masks.detach()
     return _gather(masks.detach(), out_size)
@@ -334,7 +427,7 @@ def _scale_points(points: Points, scale: torch.Tensor, name: str) -> Points:
 
 
 def _xy_scale(in_size: Any, out_size: Any) -> tuple[float, float]:
-    (h_in, w_in), (h_out, w_out) = check_size(in_size, "in_size"), check_size(out_size, "out_size")
+    (h_in, w_in), (h_out, w_out) = _checks.check_size("in_size", in_size), _checks.check_size("out_size", out_size)
     return w_out / w_in, h_out / h_in
 
 
@@ -362,21 +455,9 @@ def scale_boxes(boxes: Points, in_size: int | tuple[int, int], out_size: int | t
 
 
 def scale_keypoints(keypoints: Points, in_size: int | tuple[int, int], out_size: int | tuple[int, int]) -> Points:
-    """Scale ``xy`` pixel keypoints from an image of ``in_size`` to one of ``out_size``.
-
-    Same convention as :func:`scale_boxes`.
-
-    Args:
-        keypoints: ``(..., 2)``, or a list of ``(N_i, 2)`` (one per image).
-        in_size: The images' ``(height, width)`` before the resize.
-        out_size: Their ``(height, width)`` after it.
-
-    Returns:
-        The scaled keypoints in the same form; integer keypoints become float32.
-
-    Raises:
-        TypeError: not a tensor or a list of tensors.
-        ValueError: a last dimension other than 2.
-    """
+    """Scale ``xy`` pixel keypoints, ``(..., 2)`` or a list of ``(N_i, 2)``, as :func:`scale_boxes` scales boxes."""
     sx, sy = _xy_scale(in_size, out_size)
     return _scale_points(keypoints, torch.tensor([sx, sy]), "keypoints")
+
+
+from fastresize.ragged import resized_crop as resized_crop  # noqa: E402  (last: ragged uses this module's helpers)

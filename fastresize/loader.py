@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import copy
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch.utils.data import IterableDataset
 
-from fastresize._batch import BatchFormat
-from fastresize._checks import check_int, check_loader, check_state_keys
+from fastresize._batch import BatchFormat, Parts
+from fastresize._checks import check_choice, check_device, check_int, check_loader, check_state_keys
 from fastresize.collate import ResizeCollate
 from fastresize.counter import StepCounter
-from fastresize.policy import MultiScalePolicy
-from fastresize.prefetch import DevicePrefetcher
-from fastresize.stepping import Stepper, check_length, stepper_for
+from fastresize.policy import MultiScalePolicy, SizePolicy
+from fastresize.prefetch import DevicePrefetcher, set_epoch
+from fastresize.resample import resample_blocker, stamped_loader
+from fastresize.stepping import Stepper, Watched, check_length, stepper_for
 from fastresize.transform import BatchResize
 
 _STATE_KEYS = ("counter", "scheduler", "policy")
+RESAMPLE_SIDES = ("auto", "device", "workers")
 
 
 def epoch_length(loader: Any, steps_per_epoch: Any = None, *, source: str = "steps_per_epoch") -> int:
@@ -141,6 +144,13 @@ class ResizeLoader:
             equal ``len(loader)``.
         ring: Whether workers collate into the preallocated batch ring (see
             :class:`~fastresize.DevicePrefetcher`); ``None`` uses it where it applies.
+        resample_in: Where a batch that needs a crop (images of different sizes, or a transform
+            with a ``crop`` rule) is cropped and resized, once per image: ``"device"`` (the
+            transform does it, in one launch on CUDA), ``"workers"`` (the DataLoader's workers do
+            it at the step's size and hand over a dense batch of it; see
+            :mod:`fastresize.resample`) or ``"auto"``: the workers when batches stay on the CPU,
+            where they resize in parallel and the "device" is one thread, else the device. The
+            sizes, boxes and learning rates are the same either way.
 
     Example:
         >>> from torch.utils.data import DataLoader, TensorDataset
@@ -160,6 +170,7 @@ class ResizeLoader:
         scheduler: Any = None,
         steps_per_epoch: int | None = None,
         ring: bool | None = None,
+        resample_in: str = "auto",
     ) -> None:
         if not isinstance(transform, BatchResize):
             raise TypeError(f"transform must be a BatchResize, got {type(transform).__name__}")
@@ -188,12 +199,19 @@ class ResizeLoader:
         self.counter = counter
         self.scheduler = scheduler
         self.stepper: Stepper | None = None if scheduler is None else stepper_for(scheduler, counter)
-        self.prefetcher = DevicePrefetcher(loader, device, ring=ring)
-        self.device = self.prefetcher.device
-        # The epoch run whose last delivered batch has not had its after_batch hook yet.
-        self._pending: object | None = None
-        # The epoch run that owns the prefetcher: a new one closes the previous pass.
-        self._current: object | None = None
+        self.device = check_device(device)
+        check_choice("resample_in", resample_in, RESAMPLE_SIDES)
+        blocker = resample_blocker(loader)
+        if resample_in == "workers" and blocker is not None:
+            raise ValueError(f"resample_in='workers', but the workers cannot resample: {blocker}; pass 'auto'")
+        if resample_in == "auto":
+            resample_in = "workers" if self.device.type == "cpu" and blocker is None else "device"
+        self.resample_in = resample_in
+        self.prefetcher = DevicePrefetcher(
+            stamped_loader(loader, counter, transform) if resample_in == "workers" else loader, self.device, ring=ring
+        )
+        # The latest iteration, if its caller still holds it; a new one closes it.
+        self._run: weakref.ref[EpochRun] | None = None
 
     # ---------------------------------------------------------------------------- pass-through
     def __len__(self) -> int:
@@ -202,71 +220,34 @@ class ResizeLoader:
     @property
     def dataset(self) -> Any:
         """The wrapped loader's dataset."""
-        return self.prefetcher.dataset
+        return self.loader.dataset
 
     @property
     def sampler(self) -> Any:
         """The wrapped loader's sampler."""
-        return self.prefetcher.sampler
+        return self.loader.sampler
 
     @property
     def batch_sampler(self) -> Any:
         """The wrapped loader's batch sampler."""
-        return self.prefetcher.batch_sampler
+        return self.loader.batch_sampler
 
     def set_epoch(self, epoch: int) -> None:
         """Pass ``epoch`` to the sampler (e.g. a ``DistributedSampler``), the batch sampler and the
         dataset, where they take it."""
-        self.prefetcher.set_epoch(epoch)
+        set_epoch(self.loader, epoch)
 
     # ------------------------------------------------------------------------------- iteration
-    def _finish(self) -> None:
-        """The delivered batch's update is done: tell the scheduler, and end the epoch after its last batch."""
-        self._pending = None
-        if self.stepper is not None:
-            self.stepper.after_batch()
-            if self.counter.batch == 0:
-                self.stepper.after_epoch()
+    def __iter__(self) -> EpochRun:
+        previous = self._running()
+        if previous is not None:
+            previous.close()  # one pass at a time: the previous one ends, its batch in hand done
+        run = EpochRun(self)
+        self._run = weakref.ref(run)
+        return run
 
-    def __iter__(self) -> Iterator[Any]:
-        if self._pending is not None:
-            self._finish()
-        return self._epoch()
-
-    def _epoch(self) -> Iterator[Any]:
-        # Everything reads the counter at the first batch, not at iter(): Lightning creates the
-        # iterator before it restores a checkpoint's state into the loader.
-        run = self._current = object()
-        self.set_epoch(self.counter.epoch)
-        remaining = self.counter.steps_per_epoch - self.counter.batch
-        if self.scheduler is not None:
-            check_length(self.scheduler, remaining)
-        batches = iter(self.prefetcher)
-        try:
-            for index in range(remaining):
-                if self._current is not run:
-                    raise RuntimeError(
-                        "this iterator was closed: a newer iter() over the same ResizeLoader started a new "
-                        "pass; iterate one pass at a time"
-                    )
-                batch = next(batches, None)
-                if batch is None:
-                    raise RuntimeError(self._ran_out(index, remaining))
-                if self._pending is run:
-                    self._finish()
-                if self.stepper is not None:
-                    self.stepper.before_batch()
-                batch = self.transform(batch, step=self.counter.absolute_step, global_step=self.counter.global_step)
-                self.counter.advance()
-                self._pending = run
-                yield batch
-        finally:
-            # Also when the loop leaves (break, return, an exception): the batch in hand is done.
-            if self._pending is run:
-                self._finish()
-            close = getattr(batches, "close", None)
-            if close is not None:
-                close()
+    def _running(self) -> EpochRun | None:
+        return None if self._run is None else self._run()
 
     def _ran_out(self, index: int, remaining: int) -> str:
         message = (
@@ -291,8 +272,9 @@ class ResizeLoader:
         are configuration, not state: they are saved only so that :meth:`load_state_dict` can refuse
         a run built differently.
         """
-        if self._pending is not None:
-            self._finish()
+        run = self._running()
+        if run is not None:
+            run.finish()
         return {
             "counter": self.counter.state_dict(),
             "scheduler": self.scheduler.state_dict() if _has_state(self.scheduler) else None,
@@ -304,8 +286,8 @@ class ResizeLoader:
 
         Raises:
             ValueError: the keys are wrong, a value is out of range, or the state was saved under other
-                settings (policy bounds, multiple, seed, side, or steps per epoch): build the loader as
-                the saved one was built. Nothing is loaded then.
+                settings (the policy's bounds, multiple, seed, side, interval, sizes, weights or ramp, or
+                the steps per epoch): build the loader as the saved one was built. Nothing is loaded then.
         """
         check_state_keys("ResizeLoader", state, _STATE_KEYS)
         scheduler = self.scheduler if _has_state(self.scheduler) else None
@@ -322,14 +304,104 @@ class ResizeLoader:
             self.policy.load_state_dict(state["policy"])
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler"])
-        self._pending = None
+        run = self._running()
+        if run is not None:
+            run.pending = False  # the loaded state's batches are all done
+        if isinstance(self.stepper, Watched):
+            self.stepper.forget()  # the scheduler moved by loading, not by a stray step
         self.counter.load_state_dict(state["counter"])
+
+
+class EpochRun:
+    """One iteration of a :class:`ResizeLoader`: the batches left in the counter's epoch.
+
+    It reads the counter at its first batch, not when it is made: Lightning creates the iterator
+    before it restores a checkpoint's state into the loader. :meth:`close` ends it early (``break``,
+    an exception, a newer iteration): the batch in hand counts as done.
+    """
+
+    def __init__(self, loader: ResizeLoader) -> None:
+        self.loader = loader
+        self.batches: Any = None  # the prefetcher's pass, opened at the first batch
+        self.index = 0
+        self.remaining = 0
+        self.pending = False  # a batch was delivered and has not had its after_batch hook yet
+        self.closed = False
+
+    def __iter__(self) -> EpochRun:
+        return self
+
+    def __next__(self) -> Any:
+        if self.closed:
+            if self.loader._running() is not self:
+                raise RuntimeError(
+                    "this iterator was closed: a newer iter() over the same ResizeLoader started a new pass; "
+                    "iterate one pass at a time"
+                )
+            raise StopIteration
+        loader, counter = self.loader, self.loader.counter
+        try:
+            if self.batches is None:
+                loader.set_epoch(counter.epoch)
+                self.remaining = counter.steps_per_epoch - counter.batch
+                if loader.scheduler is not None:
+                    check_length(loader.scheduler, self.remaining)
+                self.batches = loader.prefetcher.open(parts=True)
+            self.finish()
+            if self.index == self.remaining:
+                raise StopIteration
+            batch = next(self.batches, None)
+            if batch is None:
+                raise RuntimeError(loader._ran_out(self.index, self.remaining))
+            if loader.stepper is not None:
+                loader.stepper.before_batch()
+            parts = batch if isinstance(batch, Parts) else loader.transform.format.split(batch)
+            resized = loader.transform.resize(
+                **parts.fields,
+                step=counter.absolute_step,
+                global_step=counter.global_step,
+                resampled=loader.resample_in == "workers",
+            )
+        except BaseException:
+            self.close()
+            raise
+        counter.advance()
+        self.index += 1
+        self.pending = True
+        return parts.join({field: getattr(resized, field) for field in parts.fields if field != "crops"})
+
+    def finish(self) -> None:
+        """The delivered batch's update is done: tell the scheduler, and end the epoch after its last batch."""
+        if not self.pending:
+            return
+        self.pending = False
+        stepper = self.loader.stepper
+        if stepper is not None:
+            stepper.after_batch()
+            if self.loader.counter.batch == 0:
+                stepper.after_epoch()
+
+    def close(self) -> None:
+        """End the iteration: the batch in hand counts as done, and the prefetcher's pass closes."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.finish()
+        finally:
+            if self.batches is not None:
+                self.batches.close()
+
+    def __del__(self) -> None:
+        # A loop left by `break` drops its iterator: the batch in hand is done, the workers stop.
+        if not self.closed:
+            self.close()
 
 
 def wrap(
     loader: Any,
-    lower: int,
-    upper: int,
+    lower: int | tuple[int, int] | None = None,
+    upper: int | tuple[int, int] | None = None,
     *,
     device: str | torch.device | None = None,
     multiple: int = 16,
@@ -342,18 +414,26 @@ def wrap(
     epoch_to_start: int = 0,
     format: BatchFormat | None = None,  # noqa: A002
     ring: bool | None = None,
+    resample_in: str = "auto",
+    interval: int = 1,
+    sizes: Any = None,
+    weights: Any = None,
+    ramp: tuple[int, int] | None = None,
+    ramp_epochs: tuple[int, int] | None = None,
+    policy: SizePolicy | None = None,
     **transform_kwargs: Any,
 ) -> ResizeLoader:
     """Wrap ``loader`` for multi-scale training in one call.
 
     Builds a :class:`MultiScalePolicy` from ``lower``, ``upper``, ``multiple``, ``max_first_steps``,
-    ``seed`` and ``side``, a :class:`BatchResize` with ``transform_kwargs`` (e.g.
+    ``seed``, ``side`` and the schedule options (``interval``, ``sizes``, ``weights``, ``ramp``),
+    or takes ``policy``; a :class:`BatchResize` with ``transform_kwargs`` (e.g.
     ``value_range=(0, 1), dtype=torch.float32``) and the :class:`ResizeLoader` around them.
 
     Args:
         loader: The DataLoader to wrap.
-        lower: Smallest side length of the policy.
-        upper: Largest side length of the policy.
+        lower: Smallest side length of the policy (a ``(start, end)`` pair for a ramp).
+        upper: Largest side length of the policy (a ``(start, end)`` pair for a ramp).
         device: Where batches go; CUDA when available, else CPU.
         multiple: Every side is a multiple of this.
         max_first_steps: Steps of each process that use the largest size.
@@ -367,7 +447,16 @@ def wrap(
         format: Where the images and targets are and their layout; defaults to the format of the
             loader's :class:`ResizeCollate`, else ``BatchFormat()``.
         ring: Whether workers collate into the batch ring; ``None`` uses it where it applies.
-        **transform_kwargs: Passed to :class:`BatchResize`.
+        resample_in: Where images of different sizes are cropped and resized: ``"auto"``,
+            ``"device"`` or ``"workers"`` (see :class:`ResizeLoader`).
+        interval: Steps each size is held for (see :class:`MultiScalePolicy`).
+        sizes: An explicit list of sizes (ints or ``(height, width)``) instead of ``lower``/``upper``.
+        weights: One weight per entry of ``sizes``.
+        ramp: ``(first, last)`` steps between which a ramp's bounds move.
+        ramp_epochs: The same in epochs of this loader.
+        policy: A size policy of your own (any :class:`~fastresize.policy.SizePolicy`), instead of
+            the arguments above that build one.
+        **transform_kwargs: Passed to :class:`BatchResize` (e.g. ``crop="center"``).
 
     Returns:
         The :class:`ResizeLoader`.
@@ -379,7 +468,6 @@ def wrap(
     if format is not None and not isinstance(format, BatchFormat):
         raise TypeError(f"format must be a BatchFormat or None, got {format!r}")
     collate_format = _collate_format(loader)
-    policy = MultiScalePolicy(lower, upper, multiple, max_first_steps, seed, side)
     counter = _given_counter(counter, scheduler)
     if counter is None:
         counter = StepCounter(epoch_length(loader, steps_per_epoch), epoch_to_start)
@@ -387,6 +475,29 @@ def wrap(
         raise ValueError(
             f"epoch_to_start={epoch_to_start} is for a new counter, but a counter was given "
             f"({counter!r}); build that counter with epoch_to_start instead"
+        )
+    if ramp is not None and ramp_epochs is not None:
+        raise ValueError(f"give ramp={ramp!r} (steps) or ramp_epochs={ramp_epochs!r}, not both")
+    schedule = {"lower": lower, "upper": upper, "sizes": sizes, "weights": weights, "ramp": ramp or ramp_epochs}
+    if policy is not None:
+        given = [name for name, value in schedule.items() if value is not None]
+        if given or interval != 1:
+            raise ValueError(
+                f"policy= is a policy of its own; it excludes {', '.join(given) or 'interval'}, which build one"
+            )
+    else:
+        policy = MultiScalePolicy(
+            lower,
+            upper,
+            multiple,
+            max_first_steps,
+            seed,
+            side,
+            interval=interval,
+            sizes=sizes,
+            weights=weights,
+            ramp=ramp or ramp_epochs,
+            steps_per_epoch=counter.steps_per_epoch if ramp_epochs is not None else None,
         )
     transform = BatchResize(policy=policy, format=format or collate_format or BatchFormat(), **transform_kwargs)
     return ResizeLoader(
@@ -397,4 +508,5 @@ def wrap(
         scheduler=scheduler,
         steps_per_epoch=steps_per_epoch,
         ring=ring,
+        resample_in=resample_in,
     )

@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator
 from typing import Any
 
 import torch
 
+from fastresize._batch import Parts
 from fastresize._checks import check_device, check_loader
 from fastresize.collate import ResizeCollate
-from fastresize.ring import BatchRing, SlotHandle, ring_blocker, ring_loader
+from fastresize.ragged import RaggedImages
+from fastresize.ring import BatchRing, Release, RingPass, ring_blocker, ring_loader
 
 
 def _map_tensors(data: Any, fn: Callable[[torch.Tensor], Any]) -> Any:
-    """Apply ``fn`` to every tensor of a batch (tensors, dicts, lists, tuples, named tuples)."""
+    """Apply ``fn`` to every tensor of a batch (tensors, ragged images, dicts, lists, tuples, named tuples)."""
     if isinstance(data, torch.Tensor):
         return fn(data)
+    if isinstance(data, RaggedImages):
+        return data._like(fn(data.data))
     if isinstance(data, dict):
         return {key: _map_tensors(value, fn) for key, value in data.items()}
     if isinstance(data, (list, tuple)):
@@ -36,38 +40,96 @@ def _hand_over(batch: Any, copy: torch.cuda.Stream, consumer: torch.cuda.Stream)
     _map_tensors(batch, lambda t: t.record_stream(consumer))
 
 
-class _Copies:
-    """The slots whose copies to the device may still run; each goes back to the ring once its copy is done."""
+class PrefetchPass:
+    """One pass over a prefetcher's loader: each batch copied to the device, one batch ahead.
 
-    def __init__(self, ring: BatchRing, stream: torch.cuda.Stream | None) -> None:
-        self.ring = ring
-        self.stream = stream
-        self.running: list[tuple[SlotHandle, torch.cuda.Event | None]] = []
+    A batch from the ring comes with the function that releases its slot; the slot goes back once
+    the batch's copy has finished (on CUDA, when the next batch is fetched, which the copy had the
+    previous training step to finish in). :meth:`close` waits for the copies in flight, gives their
+    slots back and ends the loader's pass; it runs when the pass ends, and when the prefetcher
+    starts a new one.
+    """
 
-    def copy(self, handle: SlotHandle, device: torch.device) -> torch.Tensor:
-        """Start copying ``handle``'s images to ``device``; on the CPU the copy is done on return."""
-        if self.stream is None:
+    def __init__(self, prefetcher: DevicePrefetcher, *, parts: bool = False) -> None:
+        self.device = prefetcher.device
+        self.parts = parts
+        # (copy stream, consumer stream) on CUDA; the CPU runs the same path without streams.
+        self.streams = (
+            (torch.cuda.Stream(self.device), torch.cuda.current_stream(self.device))  # type: ignore[no-untyped-call]
+            if self.device.type == "cuda"
+            else None
+        )
+        self.ring = prefetcher.ring
+        self.source: Generator[tuple[Any, Release | None], None, None] | RingPass | None = (
+            ((batch, None) for batch in prefetcher.loader)
+            if prefetcher.ring is None
+            else RingPass(prefetcher.source, prefetcher.ring)
+        )
+        self.copying: list[tuple[Release, torch.cuda.Event]] = []
+        self.upcoming: Any = _START  # the next batch, already on its way to the device
+        self.failure: Exception | None = None  # raised where the loop asks for the batch that failed
+
+    def __iter__(self) -> PrefetchPass:
+        return self
+
+    def __next__(self) -> Any:
+        if self.source is None:
+            raise StopIteration
+        try:
+            batch = self._fetch() if self.upcoming is _START else self.upcoming
+            if batch is _END:
+                raise StopIteration
+            if self.streams is not None:
+                _hand_over(batch, *self.streams)
             try:
-                # The slot is reused: the batch must own its memory.
-                return self.ring.open(handle).clone()
-            finally:
-                self.ring.release(handle)
-        self.running.append((handle, None))
-        moved = self.ring.open(handle).to(device, non_blocking=True)
-        event = torch.cuda.Event()  # type: ignore[no-untyped-call]
-        event.record(self.stream)
-        self.running[-1] = (handle, event)
-        return moved
+                self.upcoming = self._fetch()
+            except Exception as error:
+                # The next batch failed (a worker raised): deliver this one first, as the DataLoader would.
+                self.upcoming, self.failure = _START, error
+            return batch.join() if isinstance(batch, Parts) and not self.parts else batch
+        except BaseException:
+            self.close()
+            raise
 
-    def release(self) -> None:
-        """Wait for the running copies and give their slots back."""
-        for handle, event in self.running:
-            if event is not None:
-                event.synchronize()  # type: ignore[no-untyped-call]
-            elif self.stream is not None:
-                self.stream.synchronize()  # type: ignore[no-untyped-call]
-            self.ring.release(handle)
-        self.running.clear()
+    def _fetch(self) -> Any:
+        if self.failure is not None:
+            raise self.failure
+        self._release()  # the copies started at the previous fetch had the wait for this batch to finish in
+        raw, release = next(self.source, (_END, None))  # type: ignore[arg-type]
+        if raw is _END:
+            return _END
+        if self.streams is None:
+            # The CPU: the batch must own its memory when its images sit in a reused slot.
+            batch = _map_tensors(raw, lambda t: t.to(self.device))
+            if release is not None:
+                batch.fields["images"] = _map_tensors(batch.fields["images"], torch.clone)
+                release()
+            return batch
+        # On CUDA, page-locked memory lets the copy run asynchronously, on the side stream.
+        with torch.cuda.stream(self.streams[0]):
+            batch = _map_tensors(raw, lambda t: _pinned(t).to(self.device, non_blocking=True))
+            if release is not None:
+                event = torch.cuda.Event()  # type: ignore[no-untyped-call]
+                event.record(self.streams[0])
+                self.copying.append((release, event))
+        return batch
+
+    def _release(self) -> None:
+        for release, event in self.copying:
+            event.synchronize()  # type: ignore[no-untyped-call]
+            release()
+        self.copying.clear()
+
+    def close(self) -> None:
+        """Wait for the copies in flight, give their slots back, and end the loader's pass."""
+        source, self.source, self.upcoming = self.source, None, _END
+        self._release()
+        if source is not None:
+            source.close()  # without persistent workers, this shuts the workers down now
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # at interpreter exit, the modules may be gone
+            self.close()
 
 
 class DevicePrefetcher:
@@ -122,11 +184,11 @@ class DevicePrefetcher:
             # With 0 workers on the CPU there is no hand-over to save, only a copy out of the slot to add.
             ring = blocker is None and (self.device.type == "cuda" or loader.num_workers > 0)
         self.ring: BatchRing | None = None
-        self._source = loader
+        self.source = loader  # what a pass iterates: the ring's own copy of the loader, where it applies
         if ring:
-            self._source, self.ring = ring_loader(loader, pin=self.device.type == "cuda")
-        self._format = loader.collate_fn.format if self.ring is not None else None
-        self._running: weakref.ref[Generator[Any, None, None]] | None = None
+            self.source, self.ring = ring_loader(loader, pin=self.device.type == "cuda")
+        # The pass in progress, if any; each pass belongs to its caller, who may drop it mid-way.
+        self._pass: weakref.ref[PrefetchPass] | None = None
 
     # ---------------------------------------------------------------------------- pass-through
     def __len__(self) -> int:
@@ -148,87 +210,45 @@ class DevicePrefetcher:
         return self.loader.batch_sampler
 
     def set_epoch(self, epoch: int) -> None:
-        """Pass ``epoch`` to the sampler (e.g. a ``DistributedSampler``), the batch sampler (e.g. one that
-        buckets by aspect ratio), the batch sampler's sampler and the dataset, where they take it."""
-        targets = [
-            getattr(self.loader, "sampler", None),
-            getattr(self.loader, "batch_sampler", None),
-            getattr(getattr(self.loader, "batch_sampler", None), "sampler", None),
-            getattr(self.loader, "dataset", None),
-        ]
-        done: list[Any] = []
-        for target in targets:
-            if target is not None and hasattr(target, "set_epoch") and not any(target is d for d in done):
-                target.set_epoch(epoch)
-                done.append(target)
+        """Pass ``epoch`` to the loader's sampler, batch sampler and dataset (see :func:`set_epoch`)."""
+        set_epoch(self.loader, epoch)
 
     # ------------------------------------------------------------------------------- iteration
-    def __iter__(self) -> Iterator[Any]:
-        previous = self._running() if self._running is not None else None
+    def __iter__(self) -> PrefetchPass:
+        return self.open()
+
+    def open(self, *, parts: bool = False) -> PrefetchPass:
+        """Start a pass, closing the previous one first: its slots go back before the next pass starts.
+
+        Args:
+            parts: Yield the ring's batches taken apart (:class:`~fastresize._batch.Parts`), for a
+                consumer that puts them together itself, as :class:`~fastresize.ResizeLoader` does.
+        """
+        previous = self._pass() if self._pass is not None else None
         if previous is not None:
-            previous.close()  # one pass at a time: its slots go back before the next pass starts
-        run = self._run()
-        self._running = weakref.ref(run)
-        return run
-
-    def _run(self) -> Generator[Any, None, None]:
-        # (copy stream, consumer stream) on CUDA; the CPU runs the same path without streams.
-        streams = (
-            (torch.cuda.Stream(self.device), torch.cuda.current_stream(self.device))  # type: ignore[no-untyped-call]
-            if self.device.type == "cuda"
-            else None
-        )
-        copies = None if self.ring is None else _Copies(self.ring, None if streams is None else streams[0])
-        source = iter(self._source)
-        try:
-            upcoming = self._fetch(source, streams, copies)
-            while upcoming is not _END:
-                batch = upcoming
-                if streams is not None:
-                    _hand_over(batch, *streams)
-                try:
-                    upcoming = self._fetch(source, streams, copies)
-                except Exception:
-                    # The next batch failed (a worker raised): deliver this one first, then raise
-                    # where the loop asks for the failed one, as the DataLoader itself would.
-                    yield batch
-                    raise
-                yield batch
-        finally:
-            if copies is not None:
-                copies.release()
-                if not getattr(self._source, "persistent_workers", True):
-                    # Now, not when the last reference goes: a traceback the caller keeps holds the
-                    # iterator, and its workers would go on writing to the ring beside the next pass's.
-                    getattr(source, "_shutdown_workers", lambda: None)()
-            del source  # without persistent workers, this shuts the workers down now
-
-    def _fetch(self, source: Iterator[Any], streams: tuple[Any, Any] | None, copies: _Copies | None) -> Any:
-        try:
-            raw = next(source)
-        except StopIteration:
-            return _END
-        handle = None
-        if copies is not None:
-            # The copies started at the previous fetch had the wait for this batch to finish in.
-            copies.release()
-            images = self._format.get(raw)["images"]  # type: ignore[union-attr]
-            if isinstance(images, SlotHandle):
-                handle = images
-            else:
-                copies.ring.counts["plain"] += 1
-        # On CUDA, page-locked memory lets the copy run asynchronously, on the side stream.
-        with contextlib.nullcontext() if streams is None else torch.cuda.stream(streams[0]):
-            if streams is None:
-                batch = _map_tensors(raw, lambda t: t.to(self.device))
-            else:
-                batch = _map_tensors(raw, lambda t: _pinned(t).to(self.device, non_blocking=True))
-            if handle is not None and copies is not None:
-                batch = self._format.put(batch, {"images": copies.copy(handle, self.device)})  # type: ignore[union-attr]
-        return batch
+            previous.close()
+        current = PrefetchPass(self, parts=parts)
+        self._pass = weakref.ref(current)
+        return current
 
 
-_END = object()
+_START, _END = object(), object()
+
+
+def set_epoch(loader: Any, epoch: int) -> None:
+    """Pass ``epoch`` to ``loader``'s sampler (e.g. a ``DistributedSampler``), its batch sampler (e.g. one
+    that buckets by aspect ratio), the batch sampler's sampler and its dataset, where they take it."""
+    targets = [
+        getattr(loader, "sampler", None),
+        getattr(loader, "batch_sampler", None),
+        getattr(getattr(loader, "batch_sampler", None), "sampler", None),
+        getattr(loader, "dataset", None),
+    ]
+    done: list[Any] = []
+    for target in targets:
+        if target is not None and hasattr(target, "set_epoch") and not any(target is d for d in done):
+            target.set_epoch(epoch)
+            done.append(target)
 
 
 def _pinned(tensor: torch.Tensor) -> torch.Tensor:

@@ -8,15 +8,20 @@ copies the images to the device straight from the slot (page-locked once, on CUD
 back when that copy has finished.
 
 When the ring applies: the loader is a ``torch.utils.data.DataLoader`` that batches (``batch_size``
-is not ``None``) with a :class:`~fastresize.ResizeCollate` as its ``collate_fn``
-(:func:`ring_blocker` says why not otherwise). ``DevicePrefetcher(ring=None)``, the default, then
-uses it when the batches go to CUDA or come from worker processes: with 0 workers on the CPU there is
-no hand-over to save, only a copy out of the slot to add. Within a loader, a batch takes a slot when
-its images are CPU tensors of one shape and dtype that fit a free slot of its worker; the slots are
-sized by each worker's first such batch, for ``batch_size`` images (a smaller last batch uses
-``slot[:n]``). Any other batch (larger images than the slots were made for, no free slot) takes the
-plain path, so what arrives is the same either way; images of different shapes within one batch
-raise the same error as without the ring.
+is not ``None``) with a :class:`~fastresize.ResizeCollate` around torch's default collate as its
+``collate_fn`` (:func:`ring_blocker` says why not otherwise). ``DevicePrefetcher(ring=None)``, the
+default, then uses it when the batches go to CUDA or come from worker processes: with 0 workers on
+the CPU there is no hand-over to save, only a copy out of the slot to add. Within a loader, a batch
+takes a slot when its images fit a free slot of its worker. Slots are sized in bytes by each
+worker's first batch, for ``batch_size`` images: exactly for images of one size (a smaller last
+batch uses the slot's start), with :data:`RAGGED_HEADROOM` for a ragged batch (images of different
+sizes, whose bytes vary from batch to batch). Any other batch (larger than the slots, or no free
+slot) takes the plain path, so what arrives is the same either way.
+
+The ring is self-contained: :class:`RingCollate` asks the collate to put the images into a slot and
+hands over a :class:`SlotHandle` in their place; :class:`RingPass`, one pass over the ring's loader
+in the main process, yields each batch with its images opened from their slot and the function
+that releases the slot once the images have been copied.
 
 How the slots are shared: each worker owns ``depth`` slots (``prefetch_factor + 2``: the DataLoader
 keeps at most ``prefetch_factor`` batches outstanding per worker, and the main process holds at most
@@ -32,44 +37,62 @@ left outstanding (``persistent_workers`` after a ``break``), and the main proces
 from __future__ import annotations
 
 import copy
+import functools
+import math
 import os
 import warnings
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, default_collate, get_worker_info
+from torch.utils.data import DataLoader, get_worker_info
 
-from fastresize.collate import ResizeCollate
+from fastresize._batch import Parts
+from fastresize.collate import SHM_ADVICE, ResizeCollate, shm_error
+from fastresize.ragged import RaggedImages
+
+RAGGED_HEADROOM = 1.5
+"""A slot made by a ragged batch holds this many times that batch's bytes (per image, for ``batch_size`` images)."""
+
+Release = Callable[[], None]
 
 
 class SlotHandle:
-    """What a worker hands over in place of a batch's images: which slot holds them, and their shape.
+    """What a worker hands over in place of a batch's images: which slot holds them, and how to read it.
 
     Attributes:
         worker: The worker's id (0 for the main process).
         slot: The slot's index among the worker's slots.
-        shape: The images' shape.
+        shape: The images' shape; for a ragged batch, ``(elements,)`` of its packed data.
         dtype: The images' dtype.
+        ragged: For a ragged batch, its ``(table, channels, layout)``; else ``None``.
         buffer: The slot's shared buffer, sent along until the main process has taken it over.
     """
 
-    __slots__ = ("buffer", "dtype", "shape", "slot", "worker")
+    __slots__ = ("buffer", "dtype", "ragged", "shape", "slot", "worker")
 
     def __init__(
-        self, worker: int, slot: int, shape: tuple[int, ...], dtype: torch.dtype, buffer: torch.Tensor | None
+        self,
+        worker: int,
+        slot: int,
+        shape: tuple[int, ...],
+        dtype: torch.dtype,
+        buffer: torch.Tensor | None,
+        ragged: tuple[torch.Tensor, int, str] | None = None,
     ) -> None:
         self.worker, self.slot, self.shape, self.dtype, self.buffer = worker, slot, shape, dtype, buffer
+        self.ragged = ragged
 
     def __getstate__(self) -> tuple[Any, ...]:
-        return (self.worker, self.slot, self.shape, self.dtype, self.buffer)
+        return (self.worker, self.slot, self.shape, self.dtype, self.buffer, self.ragged)
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
-        self.worker, self.slot, self.shape, self.dtype, self.buffer = state
+        self.worker, self.slot, self.shape, self.dtype, self.buffer, self.ragged = state
 
     def __repr__(self) -> str:
-        return f"SlotHandle(worker={self.worker}, slot={self.slot}, shape={self.shape}, dtype={self.dtype})"
+        kind = ", ragged" if self.ragged is not None else ""
+        return f"SlotHandle(worker={self.worker}, slot={self.slot}, shape={self.shape}, dtype={self.dtype}{kind})"
 
 
 def _unregister(registered: dict[int, torch.Tensor], owner: int) -> None:
@@ -118,43 +141,56 @@ class BatchRing:
         return len(self.buffers[0])
 
     # --------------------------------------------------------------------------- worker side
-    def take(self, images: list[Any]) -> tuple[SlotHandle, torch.Tensor] | None:
-        """Reserve a free slot for ``images`` and return its handle and the view to stack them into.
+    def take(self, nbytes: int, count: int, ragged: bool = False) -> tuple[int, int, torch.Tensor] | None:
+        """Reserve a free slot of this worker for ``nbytes`` of ``count`` images.
 
-        Returns ``None`` (the plain path) when the images are not CPU tensors of one shape and
-        dtype, or when no slot of this worker is free and large enough.
+        Returns:
+            ``(worker, slot, buffer)``, or ``None`` (the plain path) when no slot is free and large enough.
+
+        Raises:
+            RuntimeError: a new slot could not be allocated in shared memory (``/dev/shm`` is full).
         """
-        first = images[0]
-        if not isinstance(first, torch.Tensor) or first.device.type != "cpu" or first.nbytes == 0:
+        if nbytes <= 0:
             return None
-        for image in images:
-            if not isinstance(image, torch.Tensor) or image.shape != first.shape or image.dtype != first.dtype:
-                return None
-            if image.device.type != "cpu" or image.is_sparse:
-                return None
         info = get_worker_info()
         worker = 0 if info is None else info.id
-        nbytes = first.nbytes * len(images)
         buffers = self.buffers[worker]
         for slot, buffer in enumerate(buffers):
             if buffer is None:
-                # Sized once, for a full batch: a smaller last batch reuses it as slot[:n].
-                capacity = max(len(images), self.batch_size) * first.nbytes
-                buffer = buffers[slot] = torch.empty(capacity, dtype=torch.uint8).share_memory_()  # type: ignore[no-untyped-call]
+                # Sized once, for a full batch: a smaller batch uses the slot's start.
+                capacity = nbytes * max(count, self.batch_size) // count
+                capacity = math.ceil(capacity * RAGGED_HEADROOM) if ragged else capacity
+                buffer = buffers[slot] = self._allocate(capacity)
             elif self.busy[worker, slot].item() or buffer.numel() < nbytes:
                 continue
             self.busy[worker, slot] = 1
-            sent = None if self.held[worker, slot].item() else buffer
-            handle = SlotHandle(worker, slot, (len(images), *first.shape), first.dtype, sent)
-            return handle, self._view(buffer, handle)
+            return worker, slot, buffer
         return None
 
     @staticmethod
-    def _view(buffer: torch.Tensor, handle: SlotHandle) -> torch.Tensor:
-        count = 1
-        for side in handle.shape:
-            count *= side
-        return buffer[: count * handle.dtype.itemsize].view(handle.dtype).view(handle.shape)
+    def _allocate(nbytes: int) -> torch.Tensor:
+        try:
+            buffer: torch.Tensor = torch.empty(nbytes, dtype=torch.uint8).share_memory_()  # type: ignore[no-untyped-call]
+            return buffer
+        except (RuntimeError, OSError) as error:
+            if shm_error(error):
+                message = f"the batch ring could not allocate a slot of {nbytes} bytes: {SHM_ADVICE}"
+                raise RuntimeError(message) from error
+            raise
+
+    def handle(self, worker: int, slot: int, images: torch.Tensor | RaggedImages) -> SlotHandle:
+        """The handle that stands for ``images``, which were put into ``slot`` of ``worker``."""
+        sent = None if self.held[worker, slot].item() else self.buffers[worker][slot]
+        if isinstance(images, RaggedImages):
+            ragged = (images.table, images.channels, images.layout)
+            return SlotHandle(worker, slot, (images.data.numel(),), images.dtype, sent, ragged)
+        return SlotHandle(worker, slot, tuple(images.shape), images.dtype, sent)
+
+    @staticmethod
+    def _view(buffer: torch.Tensor, handle: SlotHandle) -> torch.Tensor | RaggedImages:
+        count = math.prod(handle.shape)
+        view = buffer[: count * handle.dtype.itemsize].view(handle.dtype).view(handle.shape)
+        return view if handle.ragged is None else RaggedImages(view, *handle.ragged)
 
     def release(self, handle: SlotHandle) -> None:
         """Hand ``handle``'s slot back: its images have been copied (or were never used)."""
@@ -165,7 +201,7 @@ class BatchRing:
         self.busy.zero_()
 
     # ----------------------------------------------------------------------------- main side
-    def open(self, handle: SlotHandle) -> torch.Tensor:
+    def open(self, handle: SlotHandle) -> torch.Tensor | RaggedImages:
         """Return the images ``handle`` points to: a view of the slot, valid until :meth:`release`."""
         if handle.buffer is not None:
             self._hold(handle.worker, handle.slot, handle.buffer)
@@ -221,35 +257,82 @@ class BatchRing:
 
 
 class RingCollate:
-    """The ``collate_fn`` of a ring loader: a :class:`~fastresize.ResizeCollate` that stacks into a slot.
+    """The ``collate_fn`` of a ring loader: a :class:`~fastresize.ResizeCollate` whose images go into a slot.
 
-    The images are stacked straight into a free slot of this worker and replaced by the slot's
-    :class:`SlotHandle`; everything else goes through the wrapped collate as before. A batch that
-    cannot take a slot is collated by the wrapped collate alone.
+    The collate puts the images straight into a free slot of this worker, and a :class:`SlotHandle`
+    takes their place in the :class:`~fastresize._batch.Parts` handed over. A batch that finds no
+    slot is handed over as the collate made it.
 
     Args:
         collate: The DataLoader's :class:`~fastresize.ResizeCollate`.
-        ring: The ring to stack into.
+        ring: The ring to put the images into.
     """
 
     def __init__(self, collate: ResizeCollate, ring: BatchRing) -> None:
         self.collate = collate
         self.ring = ring
 
-    def __call__(self, samples: list[Any]) -> Any:
+    def __call__(self, samples: list[Any]) -> Parts:
         """Collate ``samples``, their images into a slot where one is free."""
-        images = self.collate.images_of(samples)
-        taken = self.ring.take(images)
-        if taken is None:
-            return self.collate(samples)
-        handle, slot = taken
+        taken: list[tuple[int, int]] = []
+
+        def allocate(nbytes: int, count: int, ragged: bool) -> torch.Tensor | None:
+            reserved = self.ring.take(nbytes, count, ragged)
+            if reserved is None:
+                return None
+            taken.append(reserved[:2])
+            return reserved[2]
+
         try:
-            torch.stack(images, out=slot)
-            batch = self.collate.collate(samples, images=slot)
+            parts = self.collate.split(samples, allocate)
         except BaseException:
-            self.ring.release(handle)
+            for worker, slot in taken:
+                self.ring.busy[worker, slot] = 0
             raise
-        return self.collate.format.put(batch, {"images": handle})
+        if taken:
+            parts.fields["images"] = self.ring.handle(*taken[0], parts.fields["images"])
+        return parts
+
+
+class RingPass:
+    """One pass over a ring loader in the main process: each batch, with its images opened from their slot.
+
+    Iterating yields ``(parts, release)``: the :class:`~fastresize._batch.Parts` of a batch, whose
+    images are a view of their slot (valid until ``release()`` is called) when they came through
+    the ring, and the function that gives the slot back (``None`` for a batch that took the plain
+    path). :meth:`close` ends the pass: without persistent workers they are shut down now.
+
+    Args:
+        loader: The ring's loader (see :func:`ring_loader`).
+        ring: Its ring.
+    """
+
+    def __init__(self, loader: DataLoader[Any], ring: BatchRing) -> None:
+        self.loader = loader
+        self.ring = ring
+        self.source: Iterator[Any] | None = iter(loader)
+
+    def __iter__(self) -> RingPass:
+        return self
+
+    def __next__(self) -> tuple[Parts, Release | None]:
+        if self.source is None:
+            raise StopIteration
+        parts = next(self.source)
+        images = parts.fields["images"]
+        if not isinstance(images, SlotHandle):
+            self.ring.counts["plain"] += 1
+            return parts, None
+        parts.fields["images"] = self.ring.open(images)
+        return parts, functools.partial(self.ring.release, images)
+
+    def close(self) -> None:
+        """End the pass; without persistent workers, shut them down now."""
+        source, self.source = self.source, None
+        if source is not None and not self.loader.persistent_workers:
+            # Now, not when the last reference goes: a traceback the caller keeps holds the
+            # iterator, and its workers would go on writing to the ring beside the next pass's.
+            getattr(source, "_shutdown_workers", lambda: None)()
 
 
 class _ResetOnStart:
@@ -278,7 +361,7 @@ def ring_blocker(loader: Any) -> str | None:
         return f"the loader is a {type(loader).__name__}, not a torch.utils.data.DataLoader"
     if not isinstance(loader.collate_fn, ResizeCollate):
         return "the DataLoader's collate_fn is not a fastresize.ResizeCollate"
-    if loader.collate_fn.collate_fn is not default_collate:
+    if loader.collate_fn.custom:
         # The ring stacks the images itself: a custom collate (MixUp, CutMix, normalisation) would
         # then see stand-ins instead of the images, and its changes to them would be lost.
         return "the ResizeCollate wraps a custom collate_fn, which must see the images (the ring stacks them itself)"
@@ -295,7 +378,7 @@ def ring_loader(loader: DataLoader[Any], *, pin: bool) -> tuple[DataLoader[Any],
     it starts its own workers.
     """
     depth = (loader.prefetch_factor or 1) + 2
-    ring = BatchRing(loader.num_workers, depth, loader.batch_size or 0, pin=pin)
+    ring = BatchRing(loader.num_workers, depth, loader.batch_size or 1, pin=pin)
     clone = copy.copy(loader)
     # DataLoader refuses to set these after construction; the copy is still private here.
     object.__setattr__(clone, "_iterator", None)

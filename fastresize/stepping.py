@@ -9,10 +9,17 @@ A :class:`~fastresize.ResizeLoader` calls three hooks around every batch it deli
 
 So inside the loop, the lr of batch ``i`` is what a hand-written loop that calls
 ``scheduler.step()`` after each ``optimizer.step()`` sees: the lr after ``i`` steps.
+
+The adapters for the warmboot scheduler, torch's schedulers and timm's are :class:`Watched`: the
+loader drives the scheduler, so a scheduler that moved between two of its hooks was also stepped by
+the training loop (the original CAWB loop calls ``step_batch()`` and ``step()`` itself) and would
+run at the wrong learning rates; the next hook raises a ``RuntimeError`` that names the call to
+remove. An object with the three hooks of its own is used as it is, unwatched.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
@@ -35,61 +42,124 @@ class Stepper(Protocol):
         """Called after the epoch's last batch (after its :meth:`after_batch`)."""
 
 
-class WarmbootStepper:
+class Watched:
+    """An adapter that raises when its scheduler was stepped outside the loader's hooks.
+
+    Each hook first compares the scheduler's :meth:`progress` with what it was when the previous
+    hook ended; a difference means the training loop stepped the scheduler too. Subclasses drive
+    the scheduler in ``_before_batch``, ``_after_batch`` and ``_after_epoch``.
+
+    Args:
+        scheduler: The scheduler the adapter drives.
+    """
+
+    calls = "scheduler.step()"
+    """The calls the message asks to remove from the training loop."""
+
+    def __init__(self, scheduler: Any) -> None:
+        self.scheduler = scheduler
+        self._seen: Any = None
+
+    def progress(self) -> Any:
+        """The scheduler's progress: what a step outside the loader changes."""
+        raise NotImplementedError
+
+    def forget(self) -> None:
+        """Accept the scheduler's progress as it is (after its state was loaded)."""
+        self._seen = None
+
+    def _watch(self, hook: Callable[[], None]) -> None:
+        if self._seen is not None and self.progress() != self._seen:
+            self._seen = None
+            raise RuntimeError(
+                f"the {type(self.scheduler).__name__} was stepped outside the loader: wrap(scheduler=...) "
+                f"(ResizeLoader) already steps it for every batch, so remove {self.calls} from the training "
+                "loop, or leave scheduler= out of wrap and step it yourself"
+            )
+        hook()
+        self._seen = self.progress()
+
+    def before_batch(self) -> None:
+        self._watch(self._before_batch)
+
+    def after_batch(self) -> None:
+        self._watch(self._after_batch)
+
+    def after_epoch(self) -> None:
+        self._watch(self._after_epoch)
+
+    def _before_batch(self) -> None:
+        pass
+
+    def _after_batch(self) -> None:
+        pass
+
+    def _after_epoch(self) -> None:
+        pass
+
+
+class WarmbootStepper(Watched):
     """:class:`~fastresize.CosineAnnealingWarmbootingLR` in its own call order.
 
     ``step_batch()`` before each batch (the per-batch warmup), ``step()`` after each epoch. A
-    counter-driven scheduler reads the loader's counter and gets the same calls (both are idempotent).
+    counter-driven scheduler reads the loader's counter and gets the same calls (both are
+    idempotent, so extra calls change nothing and are not refused).
     """
 
-    def __init__(self, scheduler: CosineAnnealingWarmbootingLR) -> None:
-        self.scheduler = scheduler
+    calls = "scheduler.step_batch() and scheduler.step()"
 
-    def before_batch(self) -> None:
+    def __init__(self, scheduler: CosineAnnealingWarmbootingLR) -> None:
+        super().__init__(scheduler)
+
+    def progress(self) -> Any:
+        scheduler = self.scheduler
+        return None if scheduler.counter is not None else (scheduler._epochs_done, scheduler._batches_done)
+
+    def _before_batch(self) -> None:
         self.scheduler.step_batch()
 
-    def after_batch(self) -> None:
-        pass
-
-    def after_epoch(self) -> None:
+    def _after_epoch(self) -> None:
         self.scheduler.step()
 
 
-class PerBatchStepper:
+class PerBatchStepper(Watched):
     """A torch ``LRScheduler`` stepped once per batch: ``OneCycleLR``, ``LambdaLR``, ``CosineAnnealingLR``..."""
 
     def __init__(self, scheduler: LRScheduler) -> None:
-        self.scheduler = scheduler
+        super().__init__(scheduler)
 
-    def before_batch(self) -> None:
-        pass
+    def progress(self) -> Any:
+        return self.scheduler.last_epoch
 
-    def after_batch(self) -> None:
+    def _after_batch(self) -> None:
         self.scheduler.step()
 
-    def after_epoch(self) -> None:
-        pass
 
-
-class TimmStepper:
+class TimmStepper(Watched):
     """A timm ``Scheduler``: ``step_update(num_updates)`` after each batch, ``step(epoch)`` after each epoch.
 
     The update count and the epoch come from the loader's counter, so timm's per-update and
     per-epoch schedules (``t_in_epochs``) both follow the loader's position, resumed runs included.
+    A timm scheduler keeps no count of its own: a step outside the loader shows in the learning
+    rates it sets.
     """
 
+    calls = "scheduler.step_update() and scheduler.step()"
+
     def __init__(self, scheduler: Any, counter: StepCounter) -> None:
-        self.scheduler = scheduler
+        super().__init__(scheduler)
         self.counter = counter
 
-    def before_batch(self) -> None:
-        pass
+    def progress(self) -> Any:
+        field = getattr(self.scheduler, "param_group_field", "lr")
+        groups = getattr(getattr(self.scheduler, "optimizer", None), "param_groups", [])
+        return [group.get(field) for group in groups]
 
-    def after_batch(self) -> None:
+    def _after_batch(self) -> None:
         # Called once the counter has moved past the batch: absolute_step is the updates done.
         self.scheduler.step_update(num_updates=self.counter.absolute_step)
 
-    def after_epoch(self) -> None:
+    def _after_epoch(self) -> None:
         self.scheduler.step(epoch=self.counter.epoch)
 
 

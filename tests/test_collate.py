@@ -61,18 +61,54 @@ def test_layout_none_refuses_nhwc_looking_images():
     assert ResizeCollate()(gray).shape == (2, 1, 16, 16)
 
 
-def test_images_given_stacked_stay_out_of_the_wrapped_collate():
+def test_split_puts_the_images_where_it_is_told_and_the_wrapped_collate_gets_stand_ins():
     samples = [DictImages()[i] for i in range(2)]
-    stacked = torch.stack([s["image"] for s in samples])
-    seen = []
+    seen, asked = [], []
 
     def spy(batch):
         seen.append([s["image"] for s in batch])
         return torch.utils.data.default_collate(batch)
 
-    collate = ResizeCollate(spy, format=BatchFormat(layout="NHWC", boxes_key="boxes"))
-    batch = collate.collate(samples, images=stacked)
-    assert batch["image"] is stacked and seen == [[0, 0]]  # the wrapped collate got stand-ins
+    buffer = torch.zeros(2 * 24 * 20 * 3, dtype=torch.uint8)
+
+    def allocate(nbytes, count, ragged):
+        asked.append((nbytes, count, ragged))
+        return buffer
+
+    parts = ResizeCollate(spy, format=BatchFormat(layout="NHWC", boxes_key="boxes")).split(samples)
+    assert seen == [[samples[0]["image"], samples[1]["image"]]]  # a custom collate sees the images
+    parts = ResizeCollate(format=BatchFormat(layout="NHWC", boxes_key="boxes")).split(samples, allocate)
+    assert asked == [(2 * 24 * 20 * 3, 2, False)] and parts.fields["images"].data_ptr() == buffer.data_ptr()
+    assert torch.equal(parts.fields["images"], torch.stack([s["image"] for s in samples]))
+    assert (
+        parts.rest["image"] is None and parts.rest["boxes"] is None and parts.rest["caption"] == ["image 0", "image 1"]
+    )
+    assert torch.equal(parts.join()["image"], parts.fields["images"])
+
+
+def test_images_of_different_sizes_make_a_ragged_batch():
+    samples = [{"image": torch.full((5 + i, 4 + 2 * i, 3), i, dtype=torch.uint8), "mask": torch.zeros(5 + i, 4 + 2 * i)}
+               for i in range(3)]  # fmt: skip
+    batch = ResizeCollate(format=BatchFormat(layout="NHWC", mask_key="mask"))(samples)
+    images = batch["image"]
+    assert images.sizes == [(5, 4), (6, 6), (7, 8)] and images.layout == "NHWC"
+    assert all(torch.equal(images.image(i), samples[i]["image"].permute(2, 0, 1)) for i in range(3))
+    assert [tuple(m.shape) for m in batch["mask"]] == [(5, 4), (6, 6), (7, 8)]  # masks stay per image
+    with pytest.raises(ValueError, match=r"look like NHWC"):
+        ResizeCollate()([s["image"] for s in samples])
+    with pytest.raises(ValueError, match=r"has 1 channels, .* shares its channel count"):
+        ResizeCollate()([torch.zeros(3, 8, 8), torch.zeros(1, 9, 8)])
+    with pytest.raises(ValueError, match=r"wraps a custom collate_fn, which would have to stack them"):
+        ResizeCollate(torch.utils.data.default_collate.__call__)([torch.zeros(3, 8, 8), torch.zeros(3, 9, 8)])
+
+
+def test_a_full_dev_shm_is_named_with_the_fix(monkeypatch):
+    def full(batch):
+        raise RuntimeError("unable to allocate shared memory(shm) for file </torch_1_2>: Success (0)")
+
+    monkeypatch.setattr("fastresize.collate.default_collate", full)
+    with pytest.raises(RuntimeError, match=r"/dev/shm, .* is full: give it room \(`docker run --shm-size=8g`"):
+        ResizeCollate()([torch.zeros(3, 8, 8)] * 2)
 
 
 def test_is_picklable_for_spawn():
@@ -103,8 +139,8 @@ def test_bad_inputs():
         ResizeCollate()([torch.zeros(8, 8), torch.zeros(8, 8)])
     with pytest.raises(ValueError, match=r"got a 5-D shape \(2, 4, 3, 8, 8\): fold the extra dimension"):
         ResizeCollate()([torch.zeros(4, 3, 8, 8), torch.zeros(4, 3, 8, 8)])
-    with pytest.raises(ValueError, match=r"must share a shape to be stacked, got shapes \[\(3, 8, 8\), \(3, 9, 8\)\]"):
-        ResizeCollate()([torch.zeros(3, 8, 8), torch.zeros(3, 9, 8)])
+    with pytest.raises(ValueError, match=r"must share a shape, or be 3-D images .* got shapes \[\(8, 8\), \(9, 8\)\]"):
+        ResizeCollate()([torch.zeros(8, 8), torch.zeros(9, 8)])
     with pytest.raises(TypeError, match=r"the images must collate into a torch.Tensor, got list"):
         ResizeCollate()([([[1, 2]], 0), ([[3, 4]], 1)])
     with pytest.raises(ValueError, match=r"the batch has no entry 'img' for the images"):

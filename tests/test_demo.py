@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastresize.demo import ConvAutoencoder, ImageFolder, SyntheticImages, run_demo
+from fastresize.demo import ConvAutoencoder, SyntheticImages, _images_of, run_demo
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,12 +65,13 @@ def test_demo_on_an_image_folder(tmp_path):
         progress=False,
         device="cpu",
     )
-    assert [r.size for r in records] == [(48, 48)] * 4
+    assert [r.size for r in records] == [(48, 48)] * 4  # images of four sizes, cropped and resized once
     with pytest.raises(ValueError, match=r"--data must be a folder of images, got '.*0.png'"):
-        ImageFolder(tmp_path / "0.png", 48)
-    dataset = ImageFolder(tmp_path, 48)
-    assert len(dataset) == 4 and dataset[2].shape == (48, 48, 3) and dataset[2].dtype == torch.uint8
-    assert dataset[0][0, 0].tolist() == [0, 100, 200]
+        _images_of(str(tmp_path / "0.png"))
+    dataset = _images_of(str(tmp_path))
+    image, _ = dataset[2]
+    assert len(dataset) == 4 and image.shape == (50, 20, 3) and image.dtype == torch.uint8  # at the file's size
+    assert dataset[0][0][0, 0].tolist() == [0, 100, 200]
 
 
 def test_bad_command_lines_fail_clearly(tmp_path):
@@ -123,3 +124,11 @@ def test_help_is_plain_text_with_every_option_explained(capsys):
     assert "A default run takes about" in memory and "H100" in memory
     assert "(default: 64 on cpu, 256 on cuda)" in memory and "(default: 3)" in memory
     assert "(default: None)" not in memory and "(default: True)" not in memory
+
+
+def test_demo_ramp_grows_the_size_and_starts_at_the_largest():
+    records = run_demo(steps=24, batch_size=8, workers=0, lower=32, upper=64, ramp=(0, 2), progress=False,
+                       device="cpu")  # fmt: skip
+    sizes = [r.size[0] for r in records]
+    assert sizes[:5] == [64] * 5  # max-size-first: the ramp's end, the largest size of the run
+    assert sizes[5] < 64 and sizes[5:] == sorted(sizes[5:]) and sizes[-1] == 64  # then the ramp itself

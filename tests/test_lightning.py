@@ -43,11 +43,15 @@ class Recipe(L.LightningModule):
         return self.net(images).pow(2).mean()
 
 
-def _fit(max_epochs, ckpt_path=None, save_to=None):
+def _fit(max_epochs, ckpt_path=None, save_to=None, checkpoints=None):
+    """Fit ``max_epochs``; ``checkpoints``: a folder for the README's ``ModelCheckpoint(save_last=True)``."""
     record = []
+    callbacks = [LoaderCheckpoint()]
+    if checkpoints is not None:
+        callbacks.append(L.callbacks.ModelCheckpoint(dirpath=checkpoints, save_last=True))
     trainer = L.Trainer(
-        max_epochs=max_epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, callbacks=[LoaderCheckpoint()],
+        max_epochs=max_epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=checkpoints is not None,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks,
     )  # fmt: skip
     module = Recipe(record)
     with warnings.catch_warnings():
@@ -69,8 +73,8 @@ def test_per_step_learning_rates_are_the_originals():
 
 def test_resume_from_a_checkpoint_continues_the_run(tmp_path):
     uninterrupted, _ = _fit(4)
-    _fit(2, save_to=tmp_path / "epoch2.ckpt")
-    resumed, module = _fit(4, ckpt_path=tmp_path / "epoch2.ckpt")
+    _fit(2, checkpoints=tmp_path)  # the README's ModelCheckpoint(save_last=True)
+    resumed, module = _fit(4, ckpt_path=tmp_path / "last.ckpt")
     assert (module.counter.epoch, module.counter.batch) == (4, 0)
     later = uninterrupted[6:]
     assert [(e, b, lr) for e, b, _, lr in resumed] == [(e, b, lr) for e, b, _, lr in later]  # lrs: exact

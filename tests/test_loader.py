@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, TensorDataset
 
+import fastresize
 from fastresize import (
     BatchFormat,
     BatchResize,
@@ -277,8 +278,15 @@ def test_bad_inputs():
         ResizeLoader(3, transform)
     with pytest.raises(TypeError, match=r"transform must be a BatchResize, got function"):
         ResizeLoader([], lambda x: x)
-    with pytest.raises(ValueError, match=r"the images of one batch must share a shape to be stacked, got shapes"):
-        list(ResizeLoader(DataLoader(Mixed(), batch_size=2, collate_fn=ResizeCollate()), transform, device="cpu"))
+    with pytest.raises(ValueError, match=r"resample_in must be one of 'auto', 'device', 'workers'; got 'gpu'"):
+        ResizeLoader([torch.zeros(1, 3, 8, 8)], transform, device="cpu", resample_in="gpu")
+    with pytest.raises(
+        ValueError, match=r"resample_in='workers', but the workers cannot resample: the loader is a list"
+    ):
+        ResizeLoader([torch.zeros(1, 3, 8, 8)], transform, device="cpu", resample_in="workers")
+    unbatched = DataLoader(Mixed(), batch_size=None)
+    with pytest.raises(ValueError, match=r"cannot resample: the DataLoader's collate_fn is not a fastresize"):
+        ResizeLoader(unbatched, transform, device="cpu", resample_in="workers")
     with pytest.raises(TypeError, match=r"images must be a torch.Tensor, got list"):
         list(ResizeLoader(DataLoader(Listy(), batch_size=2), transform, device="cpu"))
     with pytest.raises(ValueError, match=r"steps_per_epoch=4 disagrees with len\(loader\)=3"):
@@ -537,3 +545,101 @@ def test_cuda_prefetch_path():
         cpu = ResizeCollate(format=fmt)([data[i] for i in range(index * 4, index * 4 + 4)])["image"]
         reference = BatchResize(expected_size, value_range=(0, 1), dtype=torch.float32, format=fmt)(cpu)
         assert torch.allclose(batch["image"].float().cpu(), reference, atol=2e-3)
+
+
+def test_wrap_takes_the_schedules_and_a_policy_of_ones_own():
+    loader = DataLoader(_tensor_data(n=12, size=16), batch_size=2)  # 6 batches per epoch
+    held = wrap(loader, 16, 64, device="cpu", interval=3, max_first_steps=0)
+    assert [tuple(b.shape[2:]) for b, _ in held] == [held.policy.size_for(s, s) for s in range(6)]
+    assert held.policy.size_for(0, 0) == held.policy.size_for(2, 2)  # held for 3 steps
+    ramp = wrap(loader, (16, 32), (16, 32), device="cpu", ramp_epochs=(0, 2), max_first_steps=0, multiple=16)
+    sizes = [tuple(b.shape[2:]) for _ in range(3) for b, _ in ramp]
+    assert sizes[0] == (16, 16) and sizes[-1] == (32, 32) and sizes == sorted(sizes)  # a pure ramp over 2 epochs
+    own = wrap(loader, device="cpu", policy=MultiScalePolicy(sizes=[32, 48], max_first_steps=0, seed=1))
+    assert [tuple(b.shape[2:]) for b, _ in own] == [own.policy.size_for(s, s) for s in range(6)]
+    with pytest.raises(ValueError, match=r"policy= is a policy of its own; it excludes lower, upper"):
+        wrap(loader, 16, 32, device="cpu", policy=own.policy)
+    with pytest.raises(ValueError, match=r"give ramp=\(0, 4\) \(steps\) or ramp_epochs=\(0, 1\), not both"):
+        wrap(loader, (16, 32), (16, 32), device="cpu", ramp=(0, 4), ramp_epochs=(0, 1))
+
+
+class Photos(Dataset):
+    """uint8 HWC images of every size, with per-image boxes and keypoints and a label (picklable for workers)."""
+
+    def __len__(self):
+        return 12
+
+    def __getitem__(self, i):
+        g = torch.Generator().manual_seed(i)
+        height, width = (int(v) for v in torch.randint(20, 61, (2,), generator=g))
+        image = torch.randint(0, 256, (height, width, 3), generator=g, dtype=torch.uint8)
+        boxes = torch.tensor([[2.0, 3.0, width - 4.0, height - 2.0], [0.0, 0.0, 5.0, 5.0]])
+        keypoints = torch.tensor([[width / 2, height / 2], [1.0, height - 1.0]])
+        return {"image": image, "boxes": boxes, "keypoints": keypoints, "label": i}
+
+
+PHOTOS = BatchFormat(layout="NHWC", boxes_key="boxes", keypoints_key="keypoints")
+
+
+def _photo_run(workers, resample_in, crop, epochs=2, state=None, keep_state_after=None):
+    """(size, images, boxes, keypoints, labels, lr) of every batch, and the loader's state where asked."""
+    loader = DataLoader(Photos(), batch_size=4, num_workers=workers, collate_fn=ResizeCollate(format=PHOTOS))
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    scheduler = CosineAnnealingWarmbootingLR(optimizer, epochs=3, batchs=3, warmup_epoch=1)
+    wrapped = wrap(
+        loader, 16, 48, device="cpu", seed=5, max_first_steps=0, crop=crop, resample_in=resample_in,
+        scheduler=scheduler, value_range=(0, 1), dtype=torch.float32,
+    )  # fmt: skip
+    if state is not None:
+        wrapped.load_state_dict(state)
+    seen, saved = [], None
+    for epoch in range(epochs):
+        for batch in wrapped:
+            seen.append((tuple(batch["image"].shape), batch["image"], batch["boxes"], batch["keypoints"],
+                         batch["label"].tolist(), optimizer.param_groups[0]["lr"]))  # fmt: skip
+            optimizer.step()
+        if epoch + 1 == keep_state_after:
+            saved = wrapped.state_dict()
+    return seen, saved
+
+
+def _same_batches(a, b, atol=0.0):
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        assert x[0] == y[0] and x[4:] == y[4:]  # sizes, labels, learning rates
+        assert torch.allclose(x[1], y[1], atol=atol, rtol=0)
+        for p, q in zip(x[2] + x[3], y[2] + y[3], strict=True):  # boxes and keypoints
+            assert torch.allclose(p, q, atol=1e-5)
+
+
+@pytest.mark.parametrize("crop", ["center", "random"])
+def test_images_of_every_size_train_alike_with_0_and_2_workers_on_both_sides(crop):
+    workers0, _ = _photo_run(0, "workers", crop)
+    workers2, _ = _photo_run(2, "workers", crop)
+    device, _ = _photo_run(2, "device", crop)
+    assert len({shape for shape, *_ in workers0}) > 1 and workers0[0][0][0] == 4  # multi-scale, dense NCHW
+    _same_batches(workers0, workers2)  # the workers' own resample: identical
+    _same_batches(workers0, device, atol=1 / 255 + 1e-6)  # uint8 from the workers: within one level
+
+
+def test_images_of_every_size_resume_exactly():
+    uninterrupted, _ = _photo_run(2, "workers", "random", epochs=3)
+    _, state = _photo_run(2, "workers", "random", epochs=1, keep_state_after=1)
+    resumed, _ = _photo_run(2, "workers", "random", epochs=2, state=state)
+    _same_batches(uninterrupted[3:], resumed)
+
+
+def test_a_folder_of_jpegs_trains_through_wrap(tmp_path):
+    from PIL import Image
+
+    for i, (width, height) in enumerate([(40, 30), (64, 64), (20, 50), (33, 70), (90, 41), (51, 52)]):
+        pixels = torch.randint(
+            0, 256, (height, width, 3), generator=torch.Generator().manual_seed(i), dtype=torch.uint8
+        )
+        Image.fromarray(pixels.numpy()).save(tmp_path / f"{i}.jpg", quality=90)
+    dataset = fastresize.ImageFolder(files=sorted(tmp_path.glob("*.jpg")))
+    loader = DataLoader(dataset, batch_size=3, num_workers=2, collate_fn=ResizeCollate(format=BatchFormat("NHWC")))
+    wrapped = wrap(loader, 16, 32, device="cpu", crop="center", value_range=(0, 1), dtype=torch.float32)
+    shapes = [(tuple(images.shape), labels.tolist()) for images, labels in wrapped]
+    assert shapes == [((3, 3, 32, 32), [-1] * 3)] * 2
+    assert wrapped.resample_in == "workers"

@@ -9,7 +9,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, get_worker_info
 
 from fastresize import BatchFormat, DevicePrefetcher, ResizeCollate
-from fastresize.ring import BatchRing, RingCollate, SlotHandle, ring_blocker, ring_loader
+from fastresize.ragged import RaggedImages
+from fastresize.ring import RAGGED_HEADROOM, BatchRing, RingCollate, SlotHandle, ring_blocker, ring_loader
 from tests.conftest import DEVICES
 
 
@@ -185,14 +186,30 @@ def test_batches_that_do_not_fit_take_the_plain_path():
     assert ring.counts == {"ring": 3, "plain": 2}
 
 
-def test_images_of_different_shapes_in_one_batch_fail_alike():
-    def make(ring):
-        loader = DataLoader(Images(n=4, sides=[8, 8, 8, 10]), batch_size=2, collate_fn=ResizeCollate())
-        return DevicePrefetcher(loader, "cpu", ring=ring)
+def _ragged_batches(ring, sides, workers=2):
+    """(sizes, images, labels) of each batch, and the ring."""
+    loader = DataLoader(
+        Images(n=len(sides), sides=sides), batch_size=2, num_workers=workers, collate_fn=ResizeCollate()
+    )
+    prefetcher = DevicePrefetcher(loader, "cpu", ring=ring)
+    batches = []
+    for images, labels in prefetcher:
+        if isinstance(images, RaggedImages):
+            batches.append((images.sizes, [images.image(i) for i in range(len(images))], labels))
+        else:
+            batches.append(([tuple(images.shape[-2:])] * len(images), list(images), labels))
+    return batches, prefetcher.ring
 
-    for ring in (False, True):
-        with pytest.raises(ValueError, match=r"must share a shape to be stacked, got shapes \[\(3, 8, 8\), \(3, 10"):
-            list(make(ring))
+
+def test_ragged_batches_arrive_alike_through_the_ring_and_the_plain_path():
+    sides = [8, 10, 8, 8, 12, 6, 9, 9]
+    plain, _ = _ragged_batches(False, sides)
+    ringed, ring = _ragged_batches(True, sides)
+    assert [sizes for sizes, _, _ in ringed] == [[(8, 8), (10, 10)], [(8, 8), (8, 8)], [(12, 12), (6, 6)], [(9, 9)] * 2]
+    for (_, a, la), (_, b, lb) in zip(plain, ringed, strict=True):
+        assert torch.equal(la, lb) and all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    # The second batch is a dense one; a ragged batch's slot has headroom for larger ones.
+    assert ring.counts == {"ring": 4, "plain": 0} and int(ring.busy.sum()) == 0
 
 
 @pytest.mark.parametrize("persistent", [False, True], ids=["fresh-workers", "persistent"])
@@ -218,16 +235,17 @@ def test_a_worker_that_raises_leaves_the_ring_consistent(tmp_path, persistent):
 def test_a_worker_that_dies_mid_batch_raises_the_dataloaders_error(tmp_path, monkeypatch):
     flag = tmp_path / "die"
     flag.touch()
-    collate = ResizeCollate.collate
+    split = ResizeCollate.split
 
-    def dying(self, samples, images=None):
+    def dying(self, samples, allocate=None):
         """Kills its worker after the images went into a slot, while the flag file exists."""
+        parts = split(self, samples, allocate)
         if flag.exists():
             os.kill(os.getpid(), signal.SIGKILL)
-        return collate(self, samples, images)
+        return parts
 
     # Forked workers inherit the patched method; the ring applies (torch's default collate inside).
-    monkeypatch.setattr(ResizeCollate, "collate", dying)
+    monkeypatch.setattr(ResizeCollate, "split", dying)
     loader = DataLoader(
         Images(n=8), batch_size=2, num_workers=2, multiprocessing_context="fork", collate_fn=ResizeCollate()
     )
@@ -263,29 +281,49 @@ def test_ring_collate_releases_its_slot_when_the_collate_fails():
     with pytest.raises(ValueError, match=r"look like NHWC"):
         collate(nhwc)
     assert int(ring.busy.sum()) == 0 and ring.buffers[0][0] is not None
+    parts = collate([torch.zeros(3, 8, 8, dtype=torch.uint8)] * 2)
+    assert isinstance(parts.fields["images"], SlotHandle) and int(ring.busy.sum()) == 1
 
 
 def test_batch_ring_slots():
     ring = BatchRing(workers=0, depth=2, batch_size=4)
-    images = [torch.full((2, 3), i, dtype=torch.float32) for i in range(4)]
-    first, view = ring.take(images)
-    assert (first.worker, first.slot, first.shape, first.dtype) == (0, 0, (4, 2, 3), torch.float32)
-    assert first.buffer is not None and first.buffer.numel() == 4 * 2 * 3 * 4 and first.buffer.is_shared()
-    torch.stack(images, out=view)
-    second, _ = ring.take(images[:3])  # slot 0 is busy; slot 1 is made for a full batch too
-    assert second.slot == 1 and second.buffer.numel() == first.buffer.numel()
-    assert ring.take(images) is None  # no free slot: the plain path
-    assert torch.equal(ring.open(first), torch.stack(images))
+    images = torch.stack([torch.full((2, 3), i, dtype=torch.float32) for i in range(4)])
+    worker, slot, buffer = ring.take(images.nbytes, 4)
+    assert (worker, slot) == (0, 0) and buffer.numel() == 4 * 2 * 3 * 4 and buffer.is_shared()
+    buffer.view(torch.float32).view(4, 2, 3).copy_(images)
+    first = ring.handle(worker, slot, images)
+    assert (first.shape, first.dtype) == ((4, 2, 3), torch.float32) and first.buffer is buffer
+    _, second, other = ring.take(images.nbytes * 3 // 4, 3)  # slot 0 is busy; slot 1 is made for a full batch too
+    assert second == 1 and other.numel() == buffer.numel()
+    assert ring.take(images.nbytes, 4) is None  # no free slot: the plain path
+    assert torch.equal(ring.open(first), images)
     assert int(ring.held[0, 0]) == 1  # the main process holds the buffer: the worker stops sending it
     ring.release(first)
-    again, _ = ring.take(images)
-    assert again.slot == 0 and again.buffer is None
+    assert ring.take(images.nbytes, 4)[1] == 0 and ring.handle(0, 0, images).buffer is None
     ring.reset()
     assert int(ring.busy.sum()) == 0
-    assert ring.take([torch.zeros(2, 3), torch.zeros(3, 2)]) is None  # different shapes
-    assert ring.take([torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.float64)]) is None  # different dtypes
-    assert ring.take([[1, 2], [3, 4]]) is None  # not tensors
-    assert ring.take([torch.zeros(4, 4, 4)] * 4) is None  # larger than every slot
+    assert ring.take(images.nbytes * 2, 4) is None  # larger than every slot
+    assert ring.take(0, 4) is None  # nothing to hold
+
+
+def test_a_ragged_slot_has_headroom_and_opens_as_ragged_images():
+    ring = BatchRing(workers=0, depth=1, batch_size=4)
+    images = RaggedImages.pack([torch.ones(3, 4, 5, dtype=torch.uint8), torch.zeros(3, 2, 2, dtype=torch.uint8)])
+    _, _, buffer = ring.take(images.data.nbytes, 2, ragged=True)
+    assert buffer.numel() == int(images.data.nbytes * 2 * RAGGED_HEADROOM)  # for 4 images, with headroom
+    buffer[: images.data.nbytes].copy_(images.data)
+    opened = ring.open(ring.handle(0, 0, images))
+    assert opened.sizes == [(4, 5), (2, 2)] and torch.equal(opened.image(0), images.image(0))
+
+
+def test_a_full_dev_shm_is_named_with_the_fix(monkeypatch):
+    def full(self):
+        raise RuntimeError("unable to write to file </torch_1_2_3>: No space left on device (28)")
+
+    ring = BatchRing(workers=0, depth=1, batch_size=1)
+    monkeypatch.setattr(torch.Tensor, "share_memory_", full)
+    with pytest.raises(RuntimeError, match=r"could not allocate a slot of 96 bytes: /dev/shm, .* --shm-size"):
+        ring.take(96, 1)
 
 
 def test_state_sent_to_workers_is_the_shared_part():
@@ -346,9 +384,9 @@ def test_slots_are_page_locked_once_when_the_main_process_takes_them_over(monkey
     cudart = _FakeCudart()
     monkeypatch.setattr(torch.cuda, "cudart", lambda: cudart)
     ring = BatchRing(workers=0, depth=2, batch_size=2, pin=True)
-    images = [torch.zeros(3, 4, 4, dtype=torch.uint8)] * 2
+    images = torch.zeros(2, 3, 4, 4, dtype=torch.uint8)
     for _ in range(3):
-        handle, _ = ring.take(images)
+        handle = ring.handle(*ring.take(images.nbytes, 2)[:2], images)
         ring.open(handle)
         ring.release(handle)
     buffer = ring.buffers[0][0]
@@ -360,8 +398,10 @@ def test_slots_are_page_locked_once_when_the_main_process_takes_them_over(monkey
 def test_a_slot_that_cannot_be_page_locked_warns_and_still_works(monkeypatch):
     monkeypatch.setattr(torch.cuda, "cudart", lambda: _FakeCudart(error=2))
     ring = BatchRing(workers=0, depth=2, batch_size=2, pin=True)
-    handle, slot = ring.take([torch.ones(3, 4, 4)] * 2)
-    slot.fill_(1)
+    images = torch.ones(2, 3, 4, 4)
+    worker, slot, buffer = ring.take(images.nbytes, 2)
+    buffer.view(torch.float32).fill_(1)
+    handle = ring.handle(worker, slot, images)
     with pytest.warns(RuntimeWarning, match=r"could not page-lock a slot of 384 bytes \(cudaError 2\)"):
         assert ring.open(handle).sum() == 96
 

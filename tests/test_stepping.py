@@ -147,3 +147,65 @@ def test_bad_schedulers():
     scheduler = CosineAnnealingWarmbootingLR(_optimizer(), epochs=4, batchs=5, warmup_epoch=1)
     with pytest.raises(ValueError, match=r"the scheduler's batchs=5 disagrees with the loader's 3 batches per epoch"):
         stepper_for(scheduler, counter)
+
+
+def _warmboot(optimizer):
+    return CosineAnnealingWarmbootingLR(optimizer, epochs=EPOCHS, steps=[2], batchs=BATCHES, warmup_epoch=1)
+
+
+# (scheduler, the user's own call inside the loop, the calls the message names)
+DOUBLE_STEPS = {
+    "warmboot-step_batch": (_warmboot, lambda s: s.step_batch(), r"scheduler\.step_batch\(\) and scheduler\.step\(\)"),
+    "OneCycleLR": (SCHEDULERS["OneCycleLR"], lambda s: s.step(), r"remove scheduler\.step\(\) from"),
+    "timm": (lambda opt: _TimmLike(opt), lambda s: s.step_update(num_updates=99), r"scheduler\.step_update\(\) and"),
+}
+
+
+@pytest.mark.parametrize("case", list(DOUBLE_STEPS))
+def test_a_scheduler_also_stepped_by_the_loop_raises_at_the_next_batch(case):
+    make, own_step, calls = DOUBLE_STEPS[case]
+    optimizer = _optimizer()
+    scheduler = make(optimizer)
+    wrapped = wrap(_loader(), 16, 32, device="cpu", scheduler=scheduler)
+    trained = 0
+    with pytest.raises(RuntimeError, match=rf"was stepped outside the loader: wrap\(scheduler=...\).*{calls}"):
+        for _ in wrapped:
+            trained += 1
+            optimizer.step()
+            own_step(scheduler)
+    assert trained == 1  # raised when the loop came back for the second batch
+
+
+def test_a_warmboot_step_after_the_epoch_raises_at_the_next_epoch():
+    optimizer = _optimizer()
+    scheduler = _warmboot(optimizer)
+    wrapped = wrap(_loader(), 16, 32, device="cpu", scheduler=scheduler)
+    assert len([optimizer.step() for _ in wrapped]) == BATCHES
+    scheduler.step()  # the original loop's epoch step
+    with pytest.raises(RuntimeError, match=r"the CosineAnnealingWarmbootingLR was stepped outside the loader"):
+        next(iter(wrapped))
+
+
+def test_extra_calls_to_a_counter_driven_scheduler_change_nothing_and_pass():
+    optimizer = _optimizer()
+    wrapped = wrap(_loader(), 16, 32, device="cpu")
+    scheduler = CosineAnnealingWarmbootingLR(
+        optimizer, epochs=EPOCHS, batchs=BATCHES, warmup_epoch=1, counter=wrapped.counter
+    )
+    wrapped = wrap(_loader(), 16, 32, device="cpu", scheduler=scheduler)
+    for _ in range(2):
+        for _ in wrapped:
+            scheduler.step_batch()  # idempotent: the counter sets the lr
+    assert wrapped.counter.epoch == 2
+
+
+def test_loading_a_state_is_not_a_stray_step():
+    optimizer = _optimizer()
+    wrapped = wrap(_loader(), 16, 32, device="cpu", scheduler=SCHEDULERS["LambdaLR"](optimizer))
+    for _ in wrapped:
+        pass
+    state = wrapped.state_dict()
+    for _ in wrapped:
+        pass
+    wrapped.load_state_dict(state)
+    assert len(list(wrapped)) == BATCHES

@@ -1,3 +1,7 @@
+"""BatchResize: the batch transform, its range check one call later, and its place in Kornia containers."""
+
+import copy
+import pickle
 from collections import namedtuple
 
 import kornia.augmentation as K
@@ -5,8 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fastresize import BatchResize, MultiScalePolicy
+from fastresize import BatchResize, MultiScalePolicy, functional
 from fastresize._batch import BatchFormat
+from tests.conftest import BAD_INPUT
 
 FLOAT_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
@@ -117,6 +122,28 @@ def test_aspect_policy_keeps_the_ratio():
     assert resize(torch.rand(1, 3, 60, 90), step=0).shape[-2:] == (128, 192)
 
 
+class _Policy:
+    """A size policy of its own: (24, 40) until step 3, then (8, 8)."""
+
+    max_size = 40
+
+    def size_for(self, step, global_step, shape=None):
+        return (24, 40) if step < 3 else (8, 8)
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
+def test_any_object_with_a_policys_methods_is_a_policy():
+    resize = BatchResize(policy=_Policy(), value_range=(0, 1))
+    images = torch.rand(1, 3, 8, 8)
+    assert resize(images, step=0).shape[-2:] == (24, 40) and resize(images, step=3).shape[-2:] == (8, 8)
+    assert resize.checked_steps == 5  # a policy without max_first_steps: as a fixed size
+
+
 def test_targets_follow_the_image(device):
     # A white rectangle, its box and its corner keypoint: after a 2x / 1.5x resize the rectangle's
     # mask must fill exactly the scaled box.
@@ -171,6 +198,28 @@ def test_a_policy_in_a_kornia_container_takes_its_step_from_at():
         K.AugmentationSequential(resize, data_keys=["input"])(images)
 
 
+@pytest.mark.parametrize("bound", [False, True], ids=["fixed-size", "policy-at-step"])
+def test_kornia_inverse_maps_outputs_back_to_the_input(bound):
+    policy = MultiScalePolicy(32, 96, max_first_steps=0, seed=3)
+    resize = BatchResize(policy=policy, value_range=(0, 1)).at(7) if bound else BatchResize((48, 40))
+    size = policy.size_for(7, 7) if bound else (48, 40)
+    images, masks = torch.rand(2, 3, 24, 32), (torch.rand(2, 1, 24, 32) > 0.5).float()
+    boxes = torch.tensor([[[2.0, 4.0, 10.0, 12.0]], [[0.0, 0.0, 32.0, 24.0]]])
+    keypoints = torch.tensor([[[3.0, 5.0]], [[30.5, 1.25]]])
+    keys = ["input", "mask", "bbox_xyxy", "keypoints"]
+    pipeline = K.AugmentationSequential(resize, K.RandomHorizontalFlip(p=1.0), data_keys=keys)
+    out = pipeline(images, masks, boxes, keypoints)
+    assert out[0].shape[-2:] == out[1].shape[-2:] == size
+    back = pipeline.inverse(*out)
+    assert back[0].shape == images.shape and back[1].shape == masks.shape
+    torch.testing.assert_close(back[2], boxes, atol=1e-5, rtol=1e-6)
+    torch.testing.assert_close(back[3], keypoints, atol=1e-5, rtol=1e-6)
+    # Images go back with the same interpolation and settings, masks with nearest: labels stay labels.
+    assert torch.equal(back[0], functional.resize(out[0].flip(-1), (24, 32), **resize.flags))
+    assert torch.equal(back[1], functional.resize_masks(out[1].flip(-1), (24, 32)))
+    assert set(back[1].unique().tolist()) <= {0.0, 1.0}
+
+
 def test_nhwc_dict_batch_gives_nchw_images(device):
     images = torch.rand(2, 24, 40, 3, device=device) * 2 - 1  # NHWC in [-1, 1], as latent-diffusion batches
     batch = {"image": images, "caption": ["a", "b"], "mask": torch.ones(2, 24, 40, device=device)}
@@ -208,28 +257,88 @@ def test_empty_batch():
 
 
 # ----------------------------------------------------------------------------- the range check
-def test_float_images_outside_the_range_raise_on_the_first_steps():
+RANGE_ERROR = (
+    r"value_range=\(0.0, 1.0\) does not match the images: observed min .*; they look like 0..255 data: "
+    r"divide the images by 255, or pass value_range=\(0, 255\)"
+)
+
+
+def test_float_images_outside_the_range_raise_at_once_on_the_first_steps():
     resize = BatchResize(policy=MultiScalePolicy(32, 64, max_first_steps=3), value_range=(0, 1))
     images = torch.rand(2, 3, 16, 16) * 255
-    match = r"value_range=\(0.0, 1.0\) does not match the images: observed min .* divide the images by 255"
     for global_step in range(3):
-        with pytest.raises(ValueError, match=match):
+        with pytest.raises(ValueError, match=RANGE_ERROR + r"$"):
             resize(images, step=global_step)
-    assert resize(images, step=3).max() == 1.0  # past the checked steps: clamped, not checked
-    with pytest.raises(ValueError, match=match):
-        resize(images, size=32)  # no step given: always checked
-    with pytest.raises(ValueError, match=match):
+    assert resize(images, step=3).max() == 1.0  # past the first steps: checked, but read at the next call
+    with pytest.raises(ValueError, match=RANGE_ERROR + r"$"):
+        resize(images, size=32)  # no step given: always checked at once
+    with pytest.raises(ValueError, match=RANGE_ERROR):
         resize(images, size=32, global_step=1)
 
 
-def test_fixed_size_checks_five_steps_and_validate_overrides():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_every_later_batch_is_checked_one_call_later(device, dtype):
+    """[0, 1] data for 10 steps, then 0..255 data at step 10: the call of step 11 raises, naming step 10."""
+    resize = BatchResize(policy=MultiScalePolicy(32, 64, max_first_steps=5), value_range=(0, 1), dtype=torch.float32)
+    good = torch.rand(4, 3, 16, 16, device=device, dtype=dtype)
+    for step in range(10):
+        assert resize(good, step=step).max() <= 1.0
+    bad = (good.float() * 255).to(dtype)
+    resize(bad, step=10)  # queued on the device, not read yet: no sync
+    with pytest.raises(ValueError, match=RANGE_ERROR + r" \(found in the batch of step 10, checked one call later\)"):
+        resize(good, step=11)
+    resize(good, step=12)  # the bad batch was reported once
+
+
+def test_a_large_batch_is_checked_on_a_sample(device):
+    resize = BatchResize(32, value_range=(-1, 1))
+    g = torch.Generator().manual_seed(0)
+    batch = (torch.rand(2, 3, 512, 512, generator=g) * 2 - 1).to(device)  # over 2**20 values: a sample is read
+    resize(batch, global_step=5)
+    resize(batch.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2) + 1, global_step=6)  # channels last, [0, 2]
+    with pytest.raises(
+        ValueError,
+        match=r"observed min .* and max 2; .* \(found in the batch of global_step 6, checked one call later\)",
+    ):
+        resize(batch, global_step=7)
+    lone = batch.clone()
+    lone.view(2, -1)[0, 300] = 1000.0  # one pixel between two sampled runs: the documented limit
+    resize(lone, global_step=8), resize(batch, global_step=9)
+    with pytest.raises(ValueError, match=r"and max 1000; pass the range"):
+        BatchResize(32, value_range=(-1, 1), validate=True)(lone, global_step=8)
+
+
+def test_fixed_size_checks_five_steps_at_once_and_validate_overrides():
     images = torch.rand(2, 3, 16, 16) * 255
-    with pytest.raises(ValueError, match=r"does not match the images"):
+    with pytest.raises(ValueError, match=RANGE_ERROR + r"$"):
         BatchResize(32, value_range=(0, 1))(images, global_step=4)
-    assert BatchResize(32, value_range=(0, 1))(images, global_step=5).shape == (2, 3, 32, 32)
-    with pytest.raises(ValueError, match=r"does not match the images"):
+    later = BatchResize(32, value_range=(0, 1))
+    assert later(images, global_step=5).shape == (2, 3, 32, 32)  # checked, read at the next call
+    with pytest.raises(ValueError, match=r"found in the batch of global_step 5"):
+        later(images[:, :, :8], global_step=6)
+    with pytest.raises(ValueError, match=RANGE_ERROR + r"$"):
         BatchResize(32, value_range=(0, 1), validate=True)(images, global_step=10_000)
-    assert BatchResize(32, value_range=(0, 1), validate=False)(images).max() == 1.0
+    unchecked = BatchResize(32, value_range=(0, 1), validate=False)
+    assert unchecked(images, global_step=10).max() == 1.0 and unchecked(images, global_step=11).max() == 1.0
+
+
+def test_the_pending_check_is_shared_by_at_copies_and_not_pickled():
+    resize = BatchResize(policy=MultiScalePolicy(32, 64, max_first_steps=0), value_range=(0, 1))
+    bad, good = torch.rand(1, 3, 16, 16) * 255, torch.rand(1, 3, 16, 16)
+    K.AugmentationSequential(resize.at(7), data_keys=["input"])(bad)  # a container per step, as at() is meant for
+    for fresh in (pickle.loads(pickle.dumps(resize)), copy.deepcopy(resize)):  # a worker or a checkpoint: no check
+        assert fresh._pending.check is None and fresh(good, step=9).shape[0] == 1
+    with pytest.raises(ValueError, match=r"found in the batch of step 7"):
+        K.AugmentationSequential(resize.at(8), data_keys=["input"])(good)
+    assert resize._pending.check is not None  # step 8's own check, shared with the original
+
+
+def test_compiled_transform_runs_without_graph_breaks():
+    resize = BatchResize(32, value_range=(0, 1))
+    x = torch.rand(2, 3, 16, 16)
+    resize(x, step=9)  # eager: leaves a check to read at the next call, which a graph cannot read
+    compiled = torch.compile(resize, fullgraph=True, backend="eager")
+    assert torch.equal(compiled(x, step=10), resize(x, step=10))
 
 
 @pytest.mark.parametrize("size", [16, 32], ids=["unchanged", "resized"])
@@ -255,18 +364,14 @@ def test_latents_and_single_channel_pass():
     [
         ({}, ValueError, r"needs exactly one of size=... \(a fixed size\) or policy=..."),
         ({"size": 32, "policy": MultiScalePolicy(32, 64)}, ValueError, r"needs exactly one of size=..."),
-        ({"size": (32, 32, 32)}, ValueError, r"size must be an int or a \(height, width\) pair"),
-        ({"size": 0}, ValueError, r"size must be an int >= 1, got 0"),
-        ({"size": 32.0}, TypeError, r"size must be an int, got 32.0"),
-        ({"policy": (32, 64)}, TypeError, r"policy must be a MultiScalePolicy"),
-        ({"size": 32, "value_range": (1, 0)}, ValueError, r"value_range must have low < high, got \(1, 0\)"),
-        ({"size": 32, "value_range": 1}, ValueError, r"value_range must be a \(low, high\) pair"),
-        ({"size": 32, "dtype": torch.int32}, TypeError, r"dtype must be one of .* got torch.int32"),
+        (
+            {"policy": (32, 64)},
+            TypeError,
+            r"policy must be a size policy such as MultiScalePolicy, with size_for, max_size, state_dict, "
+            r"load_state_dict; got a tuple without size_for, max_size, state_dict, load_state_dict",
+        ),
         ({"size": 32, "format": "NHWC"}, TypeError, r"format must be a BatchFormat or None, got str"),
-        ({"size": 32, "antialias": 1}, TypeError, r"antialias must be a bool, got 1"),
         ({"size": 32, "validate": 1}, TypeError, r"validate must be True, False or None \(automatic\), got 1"),
-        ({"size": 32, "interpolation": "area"}, ValueError, r"interpolation must be one of .* got 'area'"),
-        ({"size": 32, "backend": "cuda"}, ValueError, r"backend must be one of .* got 'cuda'"),
     ],
 )
 def test_bad_construction(kwargs, error, match):
@@ -274,25 +379,10 @@ def test_bad_construction(kwargs, error, match):
         BatchResize(**kwargs)
 
 
-@pytest.mark.parametrize(
-    ("images", "kwargs", "error", "match"),
-    [
-        ([[1.0]], {}, TypeError, r"images must be a torch.Tensor, got list"),
-        (torch.rand(3, 16, 16), {}, ValueError, r"images must be a 4-D batch \(B, C, H, W\), got a 3-D shape"),
-        (torch.rand(2, 4, 3, 16, 16), {}, ValueError, r"got a 5-D shape .* fold the extra dimension into the batch"),
-        (torch.rand(8, 64, 48, 3), {}, ValueError, r"look like NHWC .* Pass layout='NHWC'"),
-        (torch.zeros(1, 3, 16, 16, dtype=torch.int32), {}, TypeError, r"images must have a dtype in .* torch.int32"),
-        (
-            torch.zeros(1, 3, 8, 8, dtype=torch.uint8),
-            {"dtype": torch.float32},
-            ValueError,
-            r"converting torch.uint8 to torch.float32 needs value_range=\(low, high\)",
-        ),
-    ],
-)
+@pytest.mark.parametrize(("images", "kwargs", "error", "match"), BAD_INPUT)
 def test_bad_images(images, kwargs, error, match):
     with pytest.raises(error, match=match):
-        BatchResize(32, **kwargs)(images)
+        BatchResize(**{"size": 16, **kwargs})(images)
 
 
 def test_bad_targets_and_steps():

@@ -4,28 +4,17 @@ import signal
 import subprocess
 import sys
 import time
-from collections import deque
 from pathlib import Path
 
 import pytest
 import torch
 
 from fastresize import MultiScalePolicy
-from fastresize.verify import (
-    ASSERTED,
-    DEFAULTS,
-    SCHEDULES,
-    VARIANTS,
-    Job,
-    _calibration,
-    _is_oom,
-    build_report,
-    conv_net,
-    report_figure,
-    run_jobs,
-    run_verification,
-    schedule_sizes,
-)
+from fastresize.verify import build_report, report_figure, run_verification
+from fastresize.verify.child import is_oom
+from fastresize.verify.pool import Job, Pool
+from fastresize.verify.report import calibrate, runs_expected
+from fastresize.verify.schedules import DEFAULTS, SCHEDULES, VARIANTS, Schedule, conv_net, schedule_sizes, seeds_of
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--lower", "64", "--upper", "96", "--steps", "6", "--seeds", "1", "--batch-size", "4", "--channels", "8"]
@@ -58,7 +47,7 @@ def test_schedules():
     assert sizes["prealloc_first"] == [96, *sizes["random_first"]]
     assert sizes["ascending"] == sorted(sizes["ascending"]) and set(sizes["ascending"]) == set(policy.sizes)
     assert sizes["max_only"] == [96] * 12
-    with pytest.raises(ValueError, match=r"schedule must be one of .* got 'zigzag'"):
+    with pytest.raises(ValueError, match=r"schedule must be one of 'max_first', .*; got 'zigzag'"):
         schedule_sizes("zigzag", policy, 3)
 
 
@@ -72,14 +61,14 @@ def test_conv_net(layers):
 
 
 def test_out_of_memory_errors_are_recognised():
-    assert _is_oom(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes"))
-    assert _is_oom(RuntimeError("could not create a primitive"))
-    assert _is_oom(MemoryError())
-    assert _is_oom(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
-    assert not _is_oom(RuntimeError("shape mismatch"))
+    assert is_oom(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes"))
+    assert is_oom(RuntimeError("could not create a primitive"))
+    assert is_oom(MemoryError())
+    assert is_oom(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert not is_oom(RuntimeError("shape mismatch"))
     # cuDNN reports an allocator failure as a failed engine search: the allocator's count decides.
-    assert _is_oom(RuntimeError("GET was unable to find an engine to execute this computation"), allocator_failed=True)
-    assert not _is_oom(RuntimeError("GET was unable to find an engine to execute this computation"))
+    assert is_oom(RuntimeError("GET was unable to find an engine to execute this computation"), allocator_failed=True)
+    assert not is_oom(RuntimeError("GET was unable to find an engine to execute this computation"))
 
 
 @pytest.mark.parametrize(
@@ -105,14 +94,17 @@ def test_bad_settings_fail_before_any_run(kwargs, error, match, tmp_path):
     assert not (tmp_path / "children").exists() or not any((tmp_path / "children").iterdir())
 
 
-def test_crashing_and_hanging_children_are_reported_not_raised():
+def test_the_pool_waits_for_one_job_or_all_and_reports_crashes_and_hangs(tmp_path):
     config = {"device": "cpu", "batch": 1, "channels": 1, "layers": 2, "seed": 0, "cap_bytes": None, "prealloc": False}
-    results = {}
-    record = lambda job, result: results.update({job.key: result})  # noqa: E731
-    run_jobs(deque([Job("crash", {**config, "sizes": [0]}, {})]), workers=1, timeout=120, on_done=record)
-    assert "exit status" in results["crash"]["crashed"] and "RuntimeError" in results["crash"]["crashed"]
-    run_jobs(deque([Job("hang", {**config, "sizes": [160] * 1000}, {})]), workers=1, timeout=2, on_done=record)
-    assert results["hang"] == {"crashed": "timed out after 2 s"}
+    with Pool(workers=1, timeout=120, folder=tmp_path) as pool:
+        pool.submit([Job("crash", {**config, "sizes": [0]}, {}), Job("hang", {**config, "sizes": [160] * 1000}, {})])
+        crash = pool.wait("crash")  # the first phase ends there, before the second job starts
+        assert "exit status" in crash["crashed"] and "RuntimeError" in crash["crashed"]
+        assert [job.key for job in pool.pending] == ["hang"] and not pool.running
+        pool.timeout = 2
+        assert pool.wait() is None and not pool.pending
+    assert pool.results["hang"] == {"crashed": "timed out after 2 s"}
+    assert json.loads((tmp_path / "crash.json").read_text())["result"] == crash
 
 
 def test_memory_cli_with_tiny_sizes(tiny_run):
@@ -153,21 +145,70 @@ def test_memory_cli_with_tiny_sizes(tiny_run):
     assert child["result"]["fail_step"] == 0 and "Error" in child["result"]["error"]
 
 
-def test_the_plot_draws_both_caps_and_keeps_the_legend_off_the_data(tiny_run):
+def _crosses(axis):
+    return [(x, y) for line in axis.lines if line.get_marker() == "x" for x, y in zip(*line.get_data(), strict=True)]
+
+
+def _lines(axis, prefix):
+    return [line for line in axis.lines if line.get_label().startswith(prefix)]
+
+
+def test_the_figure_draws_each_schedule_s_running_peak_and_both_caps_in_its_own_panel(tiny_run):
     report = json.loads((tiny_run[1] / "report.json").read_text())
     figure = report_figure(report)
     figure.canvas.draw()
-    (axis,) = figure.axes
-    caps = {line.get_label(): line.get_ydata()[0] for line in axis.lines if line.get_label().startswith("cap")}
-    assert caps == pytest.approx(
-        {
-            "cap below": report["calibration"]["cap_below_bytes"] / 2**20,
-            "cap above": report["calibration"]["cap_above_bytes"] / 2**20,
-        }
+    low, high = (report["calibration"][f"cap_{which}_bytes"] / 2**20 for which in ("below", "above"))
+    assert len(figure.axes) == len(SCHEDULES) and "fail-fast held" in figure.get_suptitle()
+    for axis, (name, entry) in zip(figure.axes, report["schedules"].items(), strict=True):
+        (line,) = _lines(axis, "running peak")
+        running = [max(entry["peak_bytes"][: i + 1]) / 2**20 for i in range(len(entry["peak_bytes"]))]
+        assert list(line.get_ydata()) == pytest.approx(running)
+        reached = min(i for i, peak in enumerate(running) if peak >= 0.99 * running[-1])
+        assert axis.get_title(loc="left") == f"{name}\npeak reached at step {reached} (±1%)"
+        assert [line.get_ydata()[0] for line in _lines(axis, "low cap")] == pytest.approx([low])
+        assert [line.get_ydata()[0] for line in _lines(axis, "high cap")] == pytest.approx([high])
+        # One seed in this run: the cross sits on the low cap at the step where the capped run failed.
+        assert _crosses(axis) == [(entry["fail_step_below_cap"], low)]
+        assert not figure.legends[0].get_window_extent().overlaps(axis.get_window_extent())
+
+
+def test_the_figure_marks_every_seed_s_failure_on_the_cap_it_failed_under():
+    settings = {"device": "cuda:0", "lower": 64, "upper": 96, "sizes": [64, 80, 96], "steps": 12, "seeds": 3,
+                "max_first_steps": 5}  # fmt: skip
+    results = _cuda_shaped_results(settings, dict.fromkeys(SCHEDULES, 3 * 2**20))
+    results["cap_below/max_only/0"]["fail_step"] = None
+    results["cap_above/max_only/0"]["fail_step"] = 2
+    results["cap_above/max_first/2"]["fail_step"] = 4
+    report = build_report(settings, results)
+    figure = report_figure(report)
+    panels = dict(zip(SCHEDULES, figure.axes, strict=True))
+    low, high = (report["calibration"][f"cap_{which}_bytes"] / 2**20 for which in ("below", "above"))
+    by_seed = report["schedules"]["random_first"]["fail_fast_by_seed"]
+    assert sorted(_crosses(panels["random_first"])) == sorted((row["first_max_step"], low) for row in by_seed.values())
+    assert _crosses(panels["max_first"]) == [(0, low)] * 3 + [(4, high)]
+    assert _crosses(panels["max_only"]) == [(2, high)]
+    assert all(len(_lines(axis, "running peak")) == len(VARIANTS) for axis in figure.axes)  # one per allocator
+    assert figure.get_suptitle().startswith("fail-fast did not hold, allocator held")
+
+
+def test_a_schedule_is_added_in_one_place(monkeypatch):
+    ramp = Schedule(
+        "the largest size at the end", lambda policy, steps: sorted(schedule_sizes("max_first", policy, steps))
     )
-    legend = figure.legends[0].get_window_extent()
-    assert not legend.overlaps(axis.get_window_extent())
-    assert {text.get_text() for text in figure.legends[0].get_texts()} == {*SCHEDULES, "cap below", "cap above"}
+    monkeypatch.setitem(SCHEDULES, "ramp", ramp)
+    settings = {"device": "cuda:0", "lower": 64, "upper": 96, "sizes": [64, 80, 96], "steps": 12, "seeds": 2,
+                "max_first_steps": 5}  # fmt: skip
+    results = _cuda_shaped_results(settings, dict.fromkeys(SCHEDULES, 1000))
+    report = build_report(settings, results)
+    assert report["runs_expected"] == runs_expected(cuda=True, seeds=2) == len(results)
+    entry = report["schedules"]["ramp"]
+    assert entry["sizes"] == sorted(entry["sizes"]) and entry["sizes"][-1] == 96
+    assert (
+        entry["fail_step_below_cap"] == entry["sizes"].index(96)
+        and "ramp" in report["allocator"]["variants"]["default"]
+    )
+    figure = report_figure(report)
+    assert [axis.get_title(loc="left").split()[0] for axis in figure.axes] == list(SCHEDULES)
 
 
 def test_a_stopped_run_reports_what_finished(tmp_path):
@@ -200,7 +241,7 @@ def _cuda_shaped_results(settings, reserved, retries=0):
     }
     for variant in VARIANTS:
         for name in SCHEDULES:
-            length = steps + (name == "prealloc_first")
+            length = steps + SCHEDULES[name].prealloc
             results[f"profile/{variant}/{name}"] = {
                 "peak_bytes": [reserved[name]] * length,
                 "peak_allocated_bytes": [reserved[name] // 2] * length,
@@ -211,7 +252,7 @@ def _cuda_shaped_results(settings, reserved, retries=0):
                 "fail_step": None,
             }
     for name in SCHEDULES:
-        for seed in range(settings["seeds"] if name in ASSERTED else 1):
+        for seed in seeds_of(name, settings["seeds"]):
             policy = MultiScalePolicy(settings["lower"], settings["upper"], seed=seed)
             first = schedule_sizes(name, policy, steps).index(settings["upper"])
             below = {"fail_step": first, "error": "OutOfMemoryError", "ooms_caught": 0, "num_alloc_retries": [0]}
@@ -228,7 +269,7 @@ def test_allocator_verdict_on_cuda_shaped_results(random_first, retries, verdict
     settings = {"device": "cuda:0", "lower": 64, "upper": 96, "sizes": [64, 80, 96], "steps": 12, "seeds": 2,
                 "max_first_steps": 5}  # fmt: skip
     reserved = {"max_first": 1000, "prealloc_first": 1000, "random_first": random_first, "ascending": 3000,
-                "max_only": 1000}  # fmt: skip
+                "ramp": 1000, "max_only": 1000}  # fmt: skip
     report = build_report(settings, _cuda_shaped_results(settings, reserved, retries))
     assert report["verdicts"]["allocator"] == verdict
     assert set(report["allocator"]["variants"]) == set(VARIANTS) == set(report["allocator"]["held_by_variant"])
@@ -261,11 +302,11 @@ def test_a_random_order_failing_before_its_largest_step(device, verdict):
 def test_cuda_caps_come_from_allocated_needs():
     calibration = {"baseline_bytes": 6, "baseline_allocated_bytes": 2, "peak_bytes": [900, 950, 900, 700, 700, 700],
                    "peak_allocated_bytes": [500, 510, 500, 400, 420, 400]}  # fmt: skip
-    cuda = _calibration(calibration, 96, 80, cuda=True)
+    cuda = calibrate(calibration, 96, 80, cuda=True)
     assert cuda["need_largest_bytes"] == 510 and cuda["need_next_largest_bytes"] == 420
     assert cuda["cap_below_bytes"] == 465 and cuda["cap_above_bytes"] == 950 + 4 * 2**20  # 5%, at least 4 MiB
     assert cuda["baseline_slack_bytes"] == 4
-    cpu = _calibration({**calibration, "peak_allocated_bytes": None}, 96, 80, cuda=False)
+    cpu = calibrate({**calibration, "peak_allocated_bytes": None}, 96, 80, cuda=False)
     assert cpu["need_largest_bytes"] == 950 and cpu["cap_below_bytes"] == 825 and cpu["baseline_slack_bytes"] is None
 
 
@@ -276,18 +317,20 @@ def test_cuda_low_cap_fails_max_first_at_step_0_and_the_high_cap_lets_it_finish(
     config = {"device": "cuda", "batch": defaults["batch_size"], "channels": defaults["channels"],
               "layers": defaults["layers"], "seed": 0, "cap_bytes": None, "prealloc": False,
               "share_bytes": None, "cudnn": False}  # fmt: skip
-    results = {}
     calibration = Job("calibration", {**config, "sizes": [512] * 3 + [496] * 3}, VARIANTS["default"])
-    run_jobs(deque([calibration]), 1, 300, lambda job, result: results.update({job.key: result}))
-    cal = _calibration(results["calibration"], 512, 496, cuda=True)
+    with Pool(1, 300) as pool:
+        pool.submit([calibration])
+        cal = calibrate(pool.wait("calibration"), 512, 496, cuda=True)
     assert cal["need_largest_bytes"] > cal["need_next_largest_bytes"] > 0
     assert (cal["need_largest_bytes"] - cal["need_next_largest_bytes"]) // 2 > cal["baseline_slack_bytes"]
     sizes = schedule_sizes("max_first", MultiScalePolicy(256, 512), 8)
-    capped = deque(
-        Job(f"cap_{which}", {**config, "sizes": sizes, "cap_bytes": cal[f"cap_{which}_bytes"]}, VARIANTS["default"])
-        for which in ("below", "above")
-    )
-    run_jobs(capped, 2, 300, lambda job, result: results.update({job.key: result}))
+    with Pool(2, 300) as pool:
+        pool.submit(
+            Job(f"cap_{which}", {**config, "sizes": sizes, "cap_bytes": cal[f"cap_{which}_bytes"]}, VARIANTS["default"])
+            for which in ("below", "above")
+        )
+        pool.wait()
+    results = pool.results
     assert results["cap_below"]["fail_step"] == 0, results["cap_below"]
     assert "OutOfMemoryError" in results["cap_below"]["error"]
     above = results["cap_above"]
