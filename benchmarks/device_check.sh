@@ -23,6 +23,7 @@ timeout 240 python3 -m pytest -p no:cacheprovider -q -rs -m cuda tests \
 echo "tests: rc=$? in $((SECONDS - start)) s" | tee -a "$out/device.txt"
 
 # One suite at a time, each with its own results file: a suite that runs out of time loses only its own.
+export FASTRESIZE_FOLDER_BENCH=400,5  # the image-folder recipes at the recorded size
 for suite in transform loader; do
     start=$SECONDS
     timeout 200 python3 -m pytest -p no:cacheprovider -q "benchmarks/test_${suite}_bench.py" -k cuda \

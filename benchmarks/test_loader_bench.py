@@ -252,7 +252,8 @@ def test_training_step(benchmark, pipeline, device, workers):
     _time_epochs(benchmark, epoch, images, rounds=5)  # warm-up: workers start, kernels and allocator settle
 
 
-FOLDER_BATCH, FOLDER_WORKERS, FOLDER_SIDE = 32, 2, 256
+FOLDER_BATCH, FOLDER_SIDE = 32, 256
+FOLDER_WORKERS = {"cpu": 2, "cuda": 8}
 
 
 def _folder_size() -> tuple[int, int]:
@@ -313,7 +314,7 @@ def _folder_recipe(recipe: str, root: Path, device: str) -> Callable[[], int]:
     fmt = BatchFormat(layout="NHWC")
     dataset = PillowCropped(root, FOLDER_SIDE) if recipe == "today" else ImageFolder(files=find_images(root))
     loader = DataLoader(
-        dataset, batch_size=FOLDER_BATCH, num_workers=FOLDER_WORKERS, persistent_workers=True,
+        dataset, batch_size=FOLDER_BATCH, num_workers=FOLDER_WORKERS[device], persistent_workers=True,
         collate_fn=ResizeCollate(format=fmt),
     )  # fmt: skip
     crop = None if recipe == "today" else "center"
@@ -341,7 +342,7 @@ def test_folder_pipeline(benchmark, device, jpeg_folder):
     Records, per recipe, the median images/s and its spread over the rounds, the workers' CPU time
     per image, and the ratio of the medians (``one_resample`` over ``today``).
     """
-    benchmark.group = f"folder-{device}-workers{FOLDER_WORKERS}"
+    benchmark.group = f"folder-{device}-workers{FOLDER_WORKERS[device]}"
     images, rounds = _folder_size()
     recipes = {name: _folder_recipe(name, jpeg_folder, device) for name in ("today", "one_resample")}
     for epoch in recipes.values():

@@ -51,7 +51,7 @@ def check_float(name: str, value: Any, *, minimum: float | None = None, maximum:
         TypeError: ``value`` is not a real number.
         ValueError: ``value`` is not finite or lies outside the bounds.
     """
-    if isinstance(value, bool):
+    if isinstance(value, (bool, str, bytes)):
         raise TypeError(f"{name} must be a number, got {value!r}")
     try:
         result = float(value)

@@ -17,7 +17,8 @@ Allocate = Callable[[int, int, bool], torch.Tensor | None]
 """``allocate(nbytes, count, ragged)``: a 1-D uint8 buffer of at least ``nbytes`` for ``count`` images
 (of different sizes where ``ragged``), or ``None``."""
 
-_NO_SHM = re.compile(r"shared memory|shm|No space left on device|Cannot allocate memory", re.IGNORECASE)
+# What torch says when /dev/shm is full; not "Too many open files", which is another limit.
+_NO_SHM = re.compile(r"unable to allocate shared memory|No space left on device|Cannot allocate memory", re.IGNORECASE)
 SHM_ADVICE = (
     "/dev/shm, where DataLoader workers hand batches over, is full: give it room (`docker run --shm-size=8g`, "
     "or a larger tmpfs on /dev/shm), or lower num_workers, prefetch_factor or batch_size"
@@ -150,6 +151,8 @@ class ResizeCollate:
                 same = len({tuple(getattr(m, "shape", ())) for m in masks}) == 1
                 fields["masks"] = default_collate(masks) if same else masks
         except RuntimeError as error:
+            if SHM_ADVICE in str(error):  # the batch ring's own message
+                raise
             if shm_error(error):
                 raise RuntimeError(f"{SHM_ADVICE} ({error})") from error
             raise ValueError(
@@ -178,6 +181,8 @@ class ResizeCollate:
             return default_collate(images)  # whatever it makes of them: the caller names a non-tensor
         first = images[0]
         shapes = sorted({tuple(image.shape) for image in images})
+        if len({image.dtype for image in images}) > 1:
+            return default_collate(images)  # it promotes them to one dtype; a slot holds one
         if len(shapes) == 1:
             nbytes = first.nbytes * len(images)
             buffer = None if allocate is None else allocate(nbytes, len(images), False)

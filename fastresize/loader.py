@@ -20,7 +20,7 @@ from fastresize.resample import resample_blocker, stamped_loader
 from fastresize.stepping import Stepper, Watched, check_length, stepper_for
 from fastresize.transform import BatchResize
 
-_STATE_KEYS = ("counter", "scheduler", "policy")
+_STATE_KEYS = ("counter", "scheduler", "policy", "crop")
 RESAMPLE_SIDES = ("auto", "device", "workers")
 
 
@@ -279,6 +279,7 @@ class ResizeLoader:
             "counter": self.counter.state_dict(),
             "scheduler": self.scheduler.state_dict() if _has_state(self.scheduler) else None,
             "policy": None if self.policy is None else self.policy.state_dict(),
+            "crop": None if self.transform.crop is None else self.transform.crop.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -286,12 +287,16 @@ class ResizeLoader:
 
         Raises:
             ValueError: the keys are wrong, a value is out of range, or the state was saved under other
-                settings (the policy's bounds, multiple, seed, side, interval, sizes, weights or ramp, or
-                the steps per epoch): build the loader as the saved one was built. Nothing is loaded then.
+                settings (the policy's bounds, multiple, seed, side, interval, sizes, weights or ramp, the
+                crop rule and its settings, or the steps per epoch): build the loader as the saved one was
+                built. Nothing is loaded then. (A state saved before crops were saved has no ``"crop"``.)
         """
+        if isinstance(state, dict) and "crop" not in state:
+            state = {**state, "crop": None if self.transform.crop is None else self.transform.crop.state_dict()}
         check_state_keys("ResizeLoader", state, _STATE_KEYS)
         scheduler = self.scheduler if _has_state(self.scheduler) else None
-        for name, component in (("scheduler", scheduler), ("policy", self.policy)):
+        crop = self.transform.crop
+        for name, component in (("scheduler", scheduler), ("policy", self.policy), ("crop", crop)):
             if (state[name] is None) != (component is None):
                 raise ValueError(
                     f"the state {'has no' if state[name] is None else 'has a'} {name} but this loader "
@@ -302,6 +307,8 @@ class ResizeLoader:
         copy.copy(self.counter).load_state_dict(state["counter"])
         if self.policy is not None:
             self.policy.load_state_dict(state["policy"])
+        if crop is not None:
+            crop.load_state_dict(state["crop"])
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler"])
         run = self._running()
@@ -478,12 +485,22 @@ def wrap(
         )
     if ramp is not None and ramp_epochs is not None:
         raise ValueError(f"give ramp={ramp!r} (steps) or ramp_epochs={ramp_epochs!r}, not both")
-    schedule = {"lower": lower, "upper": upper, "sizes": sizes, "weights": weights, "ramp": ramp or ramp_epochs}
+    if ramp_epochs is not None and not (
+        isinstance(ramp_epochs, (tuple, list)) and len(ramp_epochs) == 2 and 0 <= ramp_epochs[0] <= ramp_epochs[1]
+    ):
+        raise ValueError(f"ramp_epochs must be (first, last) epochs with 0 <= first <= last, got {ramp_epochs!r}")
     if policy is not None:
-        given = [name for name, value in schedule.items() if value is not None]
-        if given or interval != 1:
+        building = {"lower": lower, "upper": upper, "sizes": sizes, "weights": weights, "ramp": ramp,
+                    "ramp_epochs": ramp_epochs}  # fmt: skip
+        defaults = {"multiple": 16, "max_first_steps": 5, "seed": 0, "side": "square", "interval": 1}
+        settings = {"multiple": multiple, "max_first_steps": max_first_steps, "seed": seed, "side": side,
+                    "interval": interval}  # fmt: skip
+        given = [name for name, value in building.items() if value is not None]
+        given += [name for name, value in settings.items() if value != defaults[name]]
+        if given:
             raise ValueError(
-                f"policy= is a policy of its own; it excludes {', '.join(given) or 'interval'}, which build one"
+                f"policy= is a policy of its own; it excludes {', '.join(given)}, which build one: set them in the "
+                "policy instead"
             )
     else:
         policy = MultiScalePolicy(

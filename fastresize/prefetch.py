@@ -98,6 +98,17 @@ class PrefetchPass:
         raw, release = next(self.source, (_END, None))  # type: ignore[arg-type]
         if raw is _END:
             return _END
+        try:
+            return self._copy(raw, release)
+        except BaseException:
+            if release is not None:  # the slot goes back once no copy can still read it
+                if self.streams is not None:
+                    self.streams[0].synchronize()  # type: ignore[no-untyped-call]
+                release()
+            raise
+
+    def _copy(self, raw: Any, release: Release | None) -> Any:
+        """Start copying ``raw`` to the device; ``release`` (its slot's) is called once the copy is done."""
         if self.streams is None:
             # The CPU: the batch must own its memory when its images sit in a reused slot.
             batch = _map_tensors(raw, lambda t: t.to(self.device))

@@ -17,6 +17,7 @@ Both give the same boxes and the same values up to one uint8 level (the workers 
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -95,6 +96,12 @@ class StampedDataset(Dataset[Any]):
     def __len__(self) -> int:
         return len(self.dataset)
 
+    def __getattr__(self, name: str) -> Any:
+        # The dataset's own attributes, for a worker_init_fn that reaches it through get_worker_info().
+        if name == "dataset":  # not set yet (unpickling)
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
 
 def resample_fields(
     fields: dict[str, Any],
@@ -135,6 +142,14 @@ def resample_fields(
         sizes = images.sizes
     else:
         sizes = [_hw(image, layout) for image in images]
+    if crop is None:
+        warnings.warn(
+            "images of different sizes arrived with crop=None: such a batch is centre-cropped, while a batch "
+            "whose images happen to share a size is resized whole; pass crop='center' (or another rule) so "
+            "that every batch is cropped alike",
+            UserWarning,
+            stacklevel=2,
+        )
     provided = fields.get("crops")
     if isinstance(provided, Sequence):
         provided = torch.stack([torch.as_tensor(box, dtype=torch.float64) for box in provided])
@@ -179,7 +194,8 @@ class WorkerResample:
     A batch of one image size and no crop rule is left alone: it is resized on the device as a
     whole, as before. Any other batch (images of different sizes, or a crop rule) is cropped and
     resized image by image straight to the step's size, and stays in its dtype (uint8 stays uint8,
-    4x fewer bytes to hand over): the device then only converts it.
+    4x fewer bytes to hand over; float is not clamped, so that the device's range check sees it):
+    the device then only converts it.
 
     Args:
         transform: The loader's :class:`~fastresize.BatchResize`: its policy or size, crop,
@@ -206,7 +222,6 @@ class WorkerResample:
             transform.crop,
             interpolation=transform.flags["interpolation"],
             antialias=transform.flags["antialias"],
-            value_range=transform.flags["value_range"] if images[0].is_floating_point() else None,
             layout=layout,
             backend="torch",
         )
@@ -220,10 +235,14 @@ def resample_blocker(loader: Any) -> str | None:
 
     if not isinstance(loader.collate_fn, ResizeCollate):
         return "the DataLoader's collate_fn is not a fastresize.ResizeCollate"
+    if loader.collate_fn.custom:
+        return "the ResizeCollate wraps a custom collate_fn, which must see the images as the dataset gives them"
     if loader.batch_sampler is None:
         return "the DataLoader does not batch (batch_size=None)"
     if isinstance(loader.dataset, IterableDataset):
         return "its dataset is an IterableDataset, whose samples no index can carry a step to"
+    if not getattr(loader, "in_order", True):
+        return "the DataLoader has in_order=False: its batches may arrive in another order than their steps"
     return None
 
 

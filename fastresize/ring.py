@@ -14,9 +14,10 @@ default, then uses it when the batches go to CUDA or come from worker processes:
 the CPU there is no hand-over to save, only a copy out of the slot to add. Within a loader, a batch
 takes a slot when its images fit a free slot of its worker. Slots are sized in bytes by each
 worker's first batch, for ``batch_size`` images: exactly for images of one size (a smaller last
-batch uses the slot's start), with :data:`RAGGED_HEADROOM` for a ragged batch (images of different
-sizes, whose bytes vary from batch to batch). Any other batch (larger than the slots, or no free
-slot) takes the plain path, so what arrives is the same either way.
+batch uses the slot's start), with :data:`RAGGED_HEADROOM` for a full ragged batch (images of
+different sizes, whose bytes vary from batch to batch; a partial one makes no slot). Any other
+batch (larger than the slots, or no free slot) takes the plain path, so what arrives is the same
+either way.
 
 The ring is self-contained: :class:`RingCollate` asks the collate to put the images into a slot and
 hands over a :class:`SlotHandle` in their place; :class:`RingPass`, one pass over the ring's loader
@@ -53,7 +54,7 @@ from fastresize.collate import SHM_ADVICE, ResizeCollate, shm_error
 from fastresize.ragged import RaggedImages
 
 RAGGED_HEADROOM = 1.5
-"""A slot made by a ragged batch holds this many times that batch's bytes (per image, for ``batch_size`` images)."""
+"""A slot made by a full ragged batch holds this many times that batch's bytes."""
 
 Release = Callable[[], None]
 
@@ -157,10 +158,11 @@ class BatchRing:
         buffers = self.buffers[worker]
         for slot, buffer in enumerate(buffers):
             if buffer is None:
+                if ragged and count < self.batch_size:
+                    return None  # a partial ragged batch says little of a full one's bytes: no slot from it
                 # Sized once, for a full batch: a smaller batch uses the slot's start.
-                capacity = nbytes * max(count, self.batch_size) // count
-                capacity = math.ceil(capacity * RAGGED_HEADROOM) if ragged else capacity
-                buffer = buffers[slot] = self._allocate(capacity)
+                capacity = math.ceil(nbytes * RAGGED_HEADROOM) if ragged else nbytes * self.batch_size // count
+                buffer = buffers[slot] = self._allocate(max(capacity, nbytes))
             elif self.busy[worker, slot].item() or buffer.numel() < nbytes:
                 continue
             self.busy[worker, slot] = 1

@@ -357,7 +357,13 @@ class BatchResize(GeometricAugmentationBase2D):
             layout, values = self.format.layout, self.format.nchw(images)
             shape = tuple(values.shape)
         out_size = self.target_size(shape, size=size, step=step, global_step=global_step)
-        step = step if step is not None else self._bound_step[0] if self._bound_step is not None else 0
+        if step is None and self._bound_step is not None:
+            step = self._bound_step[0]
+        if step is None and self.crop is not None and self.crop.rule == "random":
+            raise ValueError(
+                "crop='random' draws each call's boxes from the call's step: pass step=... (or bind one with at())"
+            )
+        step = 0 if step is None else step
         fields = {"images": images, "masks": masks, "boxes": boxes, "keypoints": keypoints, "crops": crops}
         given = {field: value for field, value in fields.items() if value is not None}
         settings = {key: self.flags[key] for key in ("interpolation", "antialias", "value_range", "dtype", "backend")}

@@ -145,3 +145,22 @@ def test_bad_inputs():
         ResizeCollate()([([[1, 2]], 0), ([[3, 4]], 1)])
     with pytest.raises(ValueError, match=r"the batch has no entry 'img' for the images"):
         ResizeCollate(format=BatchFormat(image_key="img"))([{"image": torch.zeros(3, 8, 8)}])
+
+
+def test_too_many_open_files_is_not_called_a_full_dev_shm():
+    from fastresize.collate import shm_error
+
+    assert shm_error(RuntimeError("unable to write to file </torch_1>: No space left on device (28)"))
+    assert not shm_error(RuntimeError("unable to open shared memory object </torch_1> in read-write mode: "
+                                      "Too many open files (24)"))  # fmt: skip
+
+
+def test_images_of_one_shape_and_mixed_dtypes_are_promoted_as_torch_does():
+    samples = [torch.zeros(3, 4, 4, dtype=torch.uint8), torch.ones(3, 4, 4)]
+    ring = pytest.importorskip("fastresize.ring")
+    parts = ring.RingCollate(ResizeCollate(), ring.BatchRing(workers=0, depth=1, batch_size=2)).collate.split(
+        samples, lambda nbytes, count, ragged: torch.empty(nbytes, dtype=torch.uint8)
+    )
+    assert parts.fields["images"].dtype == torch.float32 and torch.equal(
+        parts.fields["images"], ResizeCollate()(samples)
+    )

@@ -643,3 +643,75 @@ def test_a_folder_of_jpegs_trains_through_wrap(tmp_path):
     shapes = [(tuple(images.shape), labels.tolist()) for images, labels in wrapped]
     assert shapes == [((3, 3, 32, 32), [-1] * 3)] * 2
     assert wrapped.resample_in == "workers"
+
+
+class FloatPhotos(Photos):
+    """Photos in float 0..255: declared (0, 1), they must be caught on the workers' path too."""
+
+    def __getitem__(self, i):
+        sample = super().__getitem__(i)
+        return {**sample, "image": sample["image"].float()}
+
+
+def test_the_range_check_sees_what_the_workers_resampled():
+    loader = DataLoader(FloatPhotos(), batch_size=4, num_workers=2, collate_fn=ResizeCollate(format=PHOTOS))
+    wrapped = wrap(loader, 16, 48, device="cpu", crop="center", value_range=(0, 1), dtype=torch.float32)
+    assert wrapped.resample_in == "workers"
+    with pytest.raises(ValueError, match=r"they look like 0..255 data"):
+        list(wrapped)
+
+
+def _opened(worker_id):
+    assert torch.utils.data.get_worker_info().dataset.opened == "yes"  # the dataset's own attribute
+
+
+class Opened(Photos):
+    opened = "yes"
+
+
+def test_where_the_workers_resample_and_where_they_cannot():
+    def loader(**kwargs):
+        return DataLoader(Opened(), batch_size=4, collate_fn=ResizeCollate(format=PHOTOS), **kwargs)
+
+    # A worker_init_fn still reaches the dataset's attributes through the stamped copy.
+    assert len(list(wrap(loader(num_workers=1, worker_init_fn=_opened), 16, 32, device="cpu", crop="full"))) == 3
+    unordered = loader(num_workers=1, in_order=False)
+    assert wrap(unordered, 16, 32, device="cpu", crop="full").resample_in == "device"
+    with pytest.raises(ValueError, match=r"cannot resample: the DataLoader has in_order=False"):
+        wrap(unordered, 16, 32, device="cpu", crop="full", resample_in="workers")
+    custom = DataLoader(Opened(), batch_size=4, collate_fn=ResizeCollate(_stack_photos, format=PHOTOS))
+    assert wrap(custom, 16, 32, device="cpu", crop="full").resample_in == "device"
+
+
+def _stack_photos(samples):
+    return torch.utils.data.default_collate(samples)
+
+
+def test_a_ragged_batch_without_a_crop_rule_warns_that_it_is_centre_cropped():
+    loader = DataLoader(Photos(), batch_size=4, collate_fn=ResizeCollate(format=PHOTOS))
+    with pytest.warns(UserWarning, match=r"images of different sizes arrived with crop=None: .* pass crop='center'"):
+        list(wrap(loader, 16, 32, device="cpu", resample_in="device"))
+
+
+def test_the_crop_rule_is_checked_on_resume():
+    def make(crop):
+        loader = DataLoader(Photos(), batch_size=4, collate_fn=ResizeCollate(format=PHOTOS))
+        return wrap(loader, 16, 32, device="cpu", crop=crop)
+
+    state = make(fastresize.CropPolicy("random", seed=1)).state_dict()
+    assert state["crop"]["rule"] == "random"
+    with pytest.raises(ValueError, match=r"the state has a crop but this loader has none"):
+        make(None).load_state_dict(state)
+    with pytest.raises(ValueError, match=r"seed=1 .* seed=2|seed"):
+        make(fastresize.CropPolicy("random", seed=2)).load_state_dict(state)
+    old = {key: value for key, value in make(None).state_dict().items() if key != "crop"}
+    make(None).load_state_dict(old)  # saved before crops were saved
+
+
+def test_wrap_refuses_settings_a_given_policy_would_ignore():
+    loader = DataLoader(_tensor_data(), batch_size=2)
+    policy = MultiScalePolicy(16, 32)
+    with pytest.raises(ValueError, match=r"policy= is a policy of its own; it excludes seed, side, which build one"):
+        wrap(loader, device="cpu", policy=policy, seed=7, side="short")
+    with pytest.raises(ValueError, match=r"ramp_epochs must be \(first, last\) epochs with 0 <= first <= last, got"):
+        wrap(loader, (16, 32), (16, 32), device="cpu", ramp_epochs=(5, 2))

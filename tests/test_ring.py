@@ -307,10 +307,11 @@ def test_batch_ring_slots():
 
 
 def test_a_ragged_slot_has_headroom_and_opens_as_ragged_images():
-    ring = BatchRing(workers=0, depth=1, batch_size=4)
+    ring = BatchRing(workers=0, depth=1, batch_size=2)
     images = RaggedImages.pack([torch.ones(3, 4, 5, dtype=torch.uint8), torch.zeros(3, 2, 2, dtype=torch.uint8)])
+    assert ring.take(images.data.nbytes // 2, 1, ragged=True) is None  # a partial batch makes no slot
     _, _, buffer = ring.take(images.data.nbytes, 2, ragged=True)
-    assert buffer.numel() == int(images.data.nbytes * 2 * RAGGED_HEADROOM)  # for 4 images, with headroom
+    assert buffer.numel() == int(images.data.nbytes * RAGGED_HEADROOM)  # a full batch's bytes, with headroom
     buffer[: images.data.nbytes].copy_(images.data)
     opened = ring.open(ring.handle(0, 0, images))
     assert opened.sizes == [(4, 5), (2, 2)] and torch.equal(opened.image(0), images.image(0))

@@ -320,3 +320,9 @@ def test_lr_always_lies_between_zero_and_base(epochs, warmup, batchs, steps, eta
         for batch in range(batchs):
             (lr,) = scheduler.lr_at(epoch, batch)
             assert 0.0 <= lr <= base * (1 + 1e-12)
+
+
+def test_a_number_given_as_a_string_is_refused():
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    with pytest.raises(TypeError, match=r"eta_min must be a number, got '0.1'"):
+        CosineAnnealingWarmbootingLR(optimizer, epochs=2, eta_min="0.1")

@@ -394,3 +394,12 @@ def test_bad_targets_and_steps():
         resize.resize(images, boxes=torch.zeros(2, 1, 2))
     with pytest.raises(ValueError, match=r"step must be an int >= 0, got -1"):
         BatchResize(policy=MultiScalePolicy(32, 64)).at(-1)
+
+
+def test_a_random_crop_needs_the_calls_step():
+    images = torch.randint(0, 256, (2, 3, 40, 30), dtype=torch.uint8)
+    resize = BatchResize(16, crop="random")
+    with pytest.raises(ValueError, match=r"crop='random' draws each call's boxes from the call's step: pass step="):
+        resize(images)
+    assert not torch.equal(resize(images, step=1), resize(images, step=2))  # another step, another box
+    assert torch.equal(resize.at(3)(images), resize(images, step=3))

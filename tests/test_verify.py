@@ -11,8 +11,7 @@ import torch
 
 from fastresize import MultiScalePolicy
 from fastresize.verify import build_report, report_figure, run_verification
-from fastresize.verify.child import is_oom
-from fastresize.verify.pool import Job, Pool
+from fastresize.verify.child import Job, Pool, is_oom
 from fastresize.verify.report import calibrate, runs_expected
 from fastresize.verify.schedules import DEFAULTS, SCHEDULES, VARIANTS, Schedule, conv_net, schedule_sizes, seeds_of
 
