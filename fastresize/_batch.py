@@ -220,8 +220,8 @@ class Parts(NamedTuple):
     """A batch taken apart once, where it is collated, and put together once, on the device.
 
     Attributes:
-        fields: The declared fields (``"images"``, and ``"masks"``, ``"boxes"``, ``"keypoints"``
-            where declared) by name.
+        fields: The declared fields (``"images"``, and ``"masks"``, ``"boxes"``, ``"keypoints"``,
+            ``"crops"`` where declared) by name.
         rest: The batch with ``None`` in place of the fields, or ``None`` for a bare image batch.
         format: The format that took it apart.
     """

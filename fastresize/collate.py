@@ -36,6 +36,20 @@ def _shared(numel: int, dtype: torch.dtype) -> torch.Tensor:
     return buffer.share_memory_() if get_worker_info() is not None else buffer  # type: ignore[no-untyped-call]
 
 
+def _unstamped(samples: Any) -> tuple[Stamp | None, list[Any]]:
+    """Check that ``samples`` is a batch, and take off the step stamps the loader may have put on it."""
+    if not isinstance(samples, list):
+        raise TypeError(
+            f"ResizeCollate must be given a list of samples, got {type(samples).__name__}: a DataLoader "
+            "with batch_size=None hands the collate one sample at a time; set batch_size=... (an int)"
+        )
+    if not samples:
+        raise ValueError("ResizeCollate got an empty list of samples; the DataLoader's batches must not be empty")
+    if not isinstance(samples[0], Stamped):
+        return None, samples
+    return samples[0].stamp, [sample.item for sample in samples]
+
+
 class ResizeCollate:
     """Collate function for DataLoader workers: a compact, contiguous batch, ready for the device.
 
@@ -117,16 +131,7 @@ class ResizeCollate:
                 4-D in ``format.layout`` (see :meth:`BatchFormat.nchw`).
             RuntimeError: shared memory (``/dev/shm``) is full.
         """
-        if not isinstance(samples, list):
-            raise TypeError(
-                f"ResizeCollate must be given a list of samples, got {type(samples).__name__}: a DataLoader "
-                "with batch_size=None hands the collate one sample at a time; set batch_size=... (an int)"
-            )
-        if not samples:
-            raise ValueError("ResizeCollate got an empty list of samples; the DataLoader's batches must not be empty")
-        stamp = samples[0].stamp if isinstance(samples[0], Stamped) else None
-        if stamp is not None:
-            samples = [sample.item for sample in samples]
+        stamp, samples = _unstamped(samples)
         per_sample = [self.format.get(sample) for sample in samples]
         fields = {field: [values[field] for values in per_sample] for field in per_sample[0]}
         if stamp is not None and self.resample is not None:
@@ -162,6 +167,10 @@ class ResizeCollate:
             ) from error
         for field in fields.keys() - taken:
             fields[field] = self.format.get(rest)[field]
+        return Parts(self._contiguous(fields), self.format.put(rest, dict.fromkeys(fields)), self.format)
+
+    def _contiguous(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """Check the collated images, and make them and the masks contiguous."""
         images = fields["images"]
         if not isinstance(images, (torch.Tensor, RaggedImages)):
             raise TypeError(
@@ -172,8 +181,8 @@ class ResizeCollate:
             self.format.nchw(images)  # rank and layout checks, with advice
             fields["images"] = images.contiguous()
         if isinstance(fields.get("masks"), torch.Tensor):
-            fields["masks"] = fields["masks"].contiguous()  # type: ignore[attr-defined]
-        return Parts(fields, self.format.put(rest, dict.fromkeys(fields)), self.format)
+            fields["masks"] = fields["masks"].contiguous()
+        return fields
 
     def _images(self, images: list[Any], allocate: Allocate | None) -> Any:
         """Stack the images, or pack them when their sizes differ, into the allocated buffer or a new one."""

@@ -196,7 +196,11 @@ class BatchRing:
 
     def release(self, handle: SlotHandle) -> None:
         """Hand ``handle``'s slot back: its images have been copied (or were never used)."""
-        self.busy[handle.worker, handle.slot] = 0
+        self.free(handle.worker, handle.slot)
+
+    def free(self, worker: int, slot: int) -> None:
+        """Mark ``slot`` of ``worker`` free."""
+        self.busy[worker, slot] = 0
 
     def reset(self) -> None:
         """Mark every slot free; only when no batch written to the ring can still be received."""
@@ -289,7 +293,7 @@ class RingCollate:
             parts = self.collate.split(samples, allocate)
         except BaseException:
             for worker, slot in taken:
-                self.ring.busy[worker, slot] = 0
+                self.ring.free(worker, slot)
             raise
         if taken:
             parts.fields["images"] = self.ring.handle(*taken[0], parts.fields["images"])
