@@ -125,3 +125,20 @@ def assert_round_trip(make: Callable[[], Any], run: Callable[[Any, int], list[An
     restored = make()
     restored.load_state_dict(saved)
     assert run(restored, after) == expected
+
+
+def reference_value_map(
+    y: torch.Tensor, in_dtype: torch.dtype, out_dtype: torch.dtype, value_range: Any
+) -> torch.Tensor:
+    """The resize's documented value semantics, in float64, on float resampled values ``y``: uint8 to
+    float maps [0, 255] onto ``value_range``, float output is clamped to it, uint8 output is mapped
+    back, clamped and rounded half up."""
+    if in_dtype == torch.uint8 and out_dtype != torch.uint8:
+        low, high = value_range
+        return (y * (high - low) / 255 + low).clamp(low, high)
+    if out_dtype == torch.uint8:
+        if value_range is not None:
+            low, high = value_range
+            y = (y - low) * 255 / (high - low)
+        return (y.clamp(0, 255) + 0.5).floor()
+    return y if value_range is None else y.clamp(*value_range)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from fastresize import functional
 from fastresize.functional import KERNEL_TOLERANCES, resize
-from tests.conftest import make_images, needs_triton
+from tests.conftest import make_images, needs_triton, reference_value_map
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOAT_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -47,15 +47,7 @@ SHAPES = [
 def _reference(x, size, mode, value_range, out_dtype):
     """F.interpolate in float32 (the contract), then the value-range map in float64, in the documented order."""
     y = F.interpolate(x.float(), size=size, mode=mode, align_corners=False).double()
-    if x.dtype == torch.uint8 and out_dtype != torch.uint8:
-        low, high = value_range
-        return (y * (high - low) / 255 + low).clamp(low, high)
-    if out_dtype == torch.uint8:
-        if value_range is not None:
-            low, high = value_range
-            y = (y - low) * 255 / (high - low)
-        return y.clamp(0, 255).round()
-    return y if value_range is None else y.clamp(*value_range)
+    return reference_value_map(y, x.dtype, out_dtype, value_range)
 
 
 def _assert_close(out, expected, out_dtype, width=1.0):

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from fastresize.functional import KERNEL_TOLERANCES, resize
 from fastresize.ragged import RaggedImages, resized_crop
-from tests.conftest import DEVICES, make_images, needs_triton
+from tests.conftest import DEVICES, make_images, needs_triton, reference_value_map
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -256,19 +256,6 @@ def _boxes(sizes, seed=0, whole=True):
     return torch.tensor(boxes, dtype=torch.int64 if whole else torch.float64)
 
 
-def _value_map(y, in_dtype, out_dtype, value_range):
-    """resize's documented value semantics, in float64, on a float resampled crop."""
-    if in_dtype == torch.uint8 and out_dtype != torch.uint8:
-        low, high = value_range
-        return (y * (high - low) / 255 + low).clamp(low, high)
-    if out_dtype == torch.uint8:
-        if value_range is not None:
-            low, high = value_range
-            y = (y - low) * 255 / (high - low)
-        return (y.clamp(0, 255) + 0.5).floor()
-    return y if value_range is None else y.clamp(*value_range)
-
-
 def _crop_reference(image, box, size, mode, antialias=False):
     """The contract for a box of whole pixels: F.interpolate of the crop, in float32."""
     x0, y0, x1, y1 = (int(v) for v in box)
@@ -333,7 +320,7 @@ def _expected(batch, boxes, size, mode, out_dtype, value_range, whole=True, anti
             if whole
             else _fractional_reference(image, box, size, mode)
         )
-        crops.append(_value_map(y, batch.dtype, out_dtype, value_range))
+        crops.append(reference_value_map(y, batch.dtype, out_dtype, value_range))
     return torch.stack(crops)
 
 
