@@ -198,7 +198,10 @@ class CropPolicy:
 
     def _check_provided(self, provided: Any) -> None:
         if self.rule == "provided" and provided is None:
-            raise ValueError("rule='provided' takes each image's box from `provided`; pass the dataset's boxes")
+            raise ValueError(
+                "rule='provided' takes each image's box from the dataset: declare where it is with "
+                "BatchFormat(crop_key=...) (or pass provided= to boxes())"
+            )
         if self.rule != "provided" and provided is not None:
             raise ValueError(
                 f"provided boxes were given, but rule={self.rule!r} chooses its own; "

@@ -191,7 +191,7 @@ def _images_of(data: str) -> ImageFolder:
     files = find_images(root)
     if not files:
         raise ValueError(f"no images found under {data!r}")
-    return ImageFolder(files=files)
+    return ImageFolder(files=files, on_error="skip")  # a demo goes on past a bad file, with a warning
 
 
 def print_table(records: list[StepRecord], device: str, file: TextIO) -> None:

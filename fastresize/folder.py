@@ -294,7 +294,12 @@ class ImageFolder(Dataset[tuple[torch.Tensor, int]]):
                 return read_image(self.path(j)), int(self._labels[j])
             except OSError as error:
                 self._unreadable[j] = 1
-                warnings.warn(f"{error} (skipped: sample {j} is replaced by the next readable file)", stacklevel=2)
+                reason = f"{error.__cause__ or error}"
+                warnings.warn(
+                    f"skipped the unreadable image {os.fspath(self.path(j))!r} ({reason}): sample {j} is the next "
+                    "readable file instead; ImageFolder.skipped counts them",
+                    stacklevel=2,
+                )
         raise OSError(f"none of the {n} files of this ImageFolder can be read (on_error='skip' skipped them all)")
 
     def __repr__(self) -> str:

@@ -52,8 +52,18 @@ def test_bad_arguments(args, kwargs, error, match):
             ValueError,
             r"provided boxes were given, but rule='center' chooses its own; build CropPolicy\('provided'\)",
         ),
-        ("provided", lambda p: p.boxes(0, [(4, 4)], (2, 2)), ValueError, r"rule='provided' takes each image's box"),
-        ("provided", lambda p: p.box(0, 0, (4, 4), (2, 2)), ValueError, r"rule='provided' takes each image's box"),
+        (
+            "provided",
+            lambda p: p.boxes(0, [(4, 4)], (2, 2)),
+            ValueError,
+            r"rule='provided' takes each image's box from the dataset: declare where it is with BatchFormat\(crop_key",
+        ),
+        (
+            "provided",
+            lambda p: p.box(0, 0, (4, 4), (2, 2)),
+            ValueError,
+            r"rule='provided' takes each image's box from the dataset: declare where it is with BatchFormat\(crop_key",
+        ),
         (
             "provided",
             lambda p: p.boxes(0, [(4, 4)], (2, 2), provided=[[0, 0, 1, 1]]),

@@ -205,7 +205,9 @@ def test_truncated_jpeg_raises(tmp_path):
 
 def test_skip_returns_the_next_readable_file_and_counts(tmp_path):
     dataset = ImageFolder(files=find_images(_corrupt(tmp_path)), on_error="skip")
-    with pytest.warns(UserWarning, match=r"1\.jpg.*skipped: sample 1 is replaced by the next readable file"):
+    with pytest.warns(
+        UserWarning, match=r"skipped the unreadable image .*1\.jpg.*: sample 1 is the next readable file"
+    ):
         image, _ = dataset[1]
     assert torch.equal(image, dataset[2][0])
     assert dataset.skipped == 1 and [p.name for p in dataset.skipped_files] == ["1.jpg"]
