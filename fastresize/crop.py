@@ -82,6 +82,11 @@ class CropPolicy:
         scale: ``"random"``: the range of the box's area as a share of the image's, in ``(0, 1]``.
         ratio: ``"random"``: the range of the box's aspect ratio ``w / h``, ``> 0``.
         seed: Seed of the draws. Give every process the same one.
+        rank: The distributed rank, mixed into the ``"random"`` draws so that ranks, which hold
+            other images, do not all crop image ``i`` of a step alike. ``None``: this process's
+            rank when ``torch.distributed`` is initialized (build the policy after
+            ``init_process_group``), else 0. Workers get it with the policy, so they agree with
+            their rank's device. Not a setting: a resume may run on other ranks.
 
     Raises:
         TypeError: a seed that is not an int, or a non-numeric bound.
@@ -104,11 +109,16 @@ class CropPolicy:
         scale: tuple[float, float] = (0.08, 1.0),
         ratio: tuple[float, float] = (3 / 4, 4 / 3),
         seed: int = 0,
+        rank: int | None = None,
     ) -> None:
         self.rule = check_choice("rule", rule, RULES)
         self.scale = _pair("scale", scale, minimum=0.0, maximum=1.0)
         self.ratio = _pair("ratio", ratio, minimum=0.0)
         self.seed = check_int("seed", seed)
+        if rank is None:  # distributed ranks hold other images: their random crops are drawn apart
+            distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+            rank = torch.distributed.get_rank() if distributed else 0
+        self.rank = check_int("rank", rank, minimum=0)
         self._log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
 
     def box(
@@ -150,7 +160,7 @@ class CropPolicy:
                 h, w = max(1, round(width * out_h / out_w)), width
             top, left = round((height - h) / 2), round((width - w) / 2)
             return (left, top, left + w, top + h)
-        return self._random(_key(self.seed, step, index), height, width)
+        return self._random(_key(self.seed, step, index, self.rank), height, width)
 
     def boxes(
         self,
@@ -260,10 +270,11 @@ class CropPolicy:
         return f"CropPolicy(rule={self.rule!r}, scale={self.scale!r}, ratio={self.ratio!r}, seed={self.seed!r})"
 
 
-def _key(seed: int, step: int, index: int) -> int:
-    """The hash stream of one image of one step."""
+def _key(seed: int, step: int, index: int, rank: int = 0) -> int:
+    """The hash stream of one image of one step (of one distributed rank)."""
     h = _splitmix64(_splitmix64((seed ^ _SALT) & _MASK64) ^ (step & _MASK64))
-    return _splitmix64(h ^ (index & _MASK64))
+    h = _splitmix64(h ^ (index & _MASK64))
+    return h if rank == 0 else _splitmix64(h ^ (rank & _MASK64))
 
 
 def _uniform(key: int, k: int, low: float, high: float) -> float:

@@ -14,8 +14,15 @@ from fastresize.functional import resize
 from fastresize.policy import MultiScalePolicy
 
 # What PyTorch's CPU allocator says when malloc fails (RLIMIT_DATA, overcommit off); CUDA raises
-# torch.OutOfMemoryError, and Python's own allocations MemoryError.
-_CPU_OOM = "DefaultCPUAllocator: can't allocate memory"
+# torch.OutOfMemoryError, and Python's own allocations MemoryError. Libraries that fail for lack of
+# memory inside a kernel (cuDNN's workspace, cuBLAS's handles) say so in a RuntimeError of their own.
+_OOM_MESSAGES = (
+    "DefaultCPUAllocator: can't allocate memory",
+    "CUDA error: out of memory",
+    "CUDNN_STATUS_NOT_SUPPORTED",
+    "CUDNN_STATUS_ALLOC_FAILED",
+    "CUBLAS_STATUS_ALLOC_FAILED",
+)
 
 
 class MaxSize(NamedTuple):
@@ -36,7 +43,7 @@ def _is_out_of_memory(error: BaseException) -> bool:
     """Whether ``error`` is an out-of-memory error of PyTorch's CUDA or CPU allocator, or Python's."""
     if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
         return True
-    return isinstance(error, RuntimeError) and _CPU_OOM in str(error)
+    return isinstance(error, RuntimeError) and any(message in str(error) for message in _OOM_MESSAGES)
 
 
 def find_max_size(
@@ -57,7 +64,8 @@ def find_max_size(
     ``step_fn`` on it. The first try is the policy's largest size (:attr:`MultiScalePolicy.max_shape`,
     what max-size-first uses first). If it runs out of memory (``torch.OutOfMemoryError`` on CUDA; on
     CPU the allocator's ``RuntimeError`` "DefaultCPUAllocator: can't allocate memory", or
-    ``MemoryError``), the memory is freed (``gc.collect()``, and ``torch.cuda.empty_cache()`` on
+    ``MemoryError``; and the ``RuntimeError`` of cuDNN or cuBLAS failing to allocate, as Lightning
+    counts them), the memory is freed (``gc.collect()``, and ``torch.cuda.empty_cache()`` on
     CUDA) and the sizes of :attr:`MultiScalePolicy.shapes` (by area) are bisected, on the
     assumption that a step needs more memory at a larger size. One line per try goes to ``file`` (or
     ``log``). Any other error is raised as it is.

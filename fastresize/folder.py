@@ -66,8 +66,17 @@ def _decode_pillow(data: bytes) -> torch.Tensor:
             'decoding images other than JPEG (PNG, BMP, WebP, TIFF...) needs Pillow: pip install "fastresize[data]"'
         ) from error
     with Image.open(io.BytesIO(data)) as opened:
+        if opened.mode.startswith("I"):  # 16-bit greyscale: convert("RGB") would clip it at 255
+            if opened.mode == "I" and np.asarray(opened).max(initial=0) > 65535:
+                raise ValueError(f"a {opened.mode!r} image with values above 65535 has no 8-bit reading")
+            grey = (np.asarray(opened).astype(np.int64) >> 8).astype(np.uint8)  # the top 8 of 16 bits
+            return torch.from_numpy(np.ascontiguousarray(np.repeat(grey[..., None], 3, axis=2)))
         rgb = opened.convert("RGB")
     return torch.from_numpy(np.array(rgb, dtype=np.uint8))
+
+
+class UnreadableImage(OSError):
+    """A file that is not an image this package can decode (corrupt, truncated, of another kind)."""
 
 
 def read_image(path: str | os.PathLike[str]) -> torch.Tensor:
@@ -76,8 +85,9 @@ def read_image(path: str | os.PathLike[str]) -> torch.Tensor:
     JPEG (recognised by its first bytes, whatever the file's name) is decoded by kornia-rs; a JPEG it
     refuses (CMYK) and every other format go to Pillow. Greyscale is repeated on the three
     channels, palette images take their colours, and an alpha channel is dropped (not composited),
-    as torchvision's ``pil_loader`` does (``convert("RGB")``). EXIF orientation is not applied,
-    as in torchvision's ``ImageFolder``.
+    as torchvision's ``pil_loader`` does (``convert("RGB")``); 16-bit greyscale keeps its top 8 bits
+    (``convert`` would clip it at 255). EXIF orientation is not applied, as in torchvision's
+    ``ImageFolder``.
 
     Args:
         path: The file.
@@ -86,17 +96,25 @@ def read_image(path: str | os.PathLike[str]) -> torch.Tensor:
         The image, ``(H, W, 3)`` uint8, channels last.
 
     Raises:
-        OSError: the file cannot be read or decoded; the message names the file.
+        UnreadableImage: the file cannot be decoded, or does not exist; the message names the file.
+        OSError: the file could not be read for a passing reason (too many open files, an I/O
+            error): as the system raised it.
         ImportError: the file needs Pillow and Pillow is not installed.
     """
     try:
         data = Path(path).read_bytes()
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as error:
+        raise UnreadableImage(
+            f"cannot read the image {os.fspath(path)!r}: {error}; fix or remove the file, or pass "
+            "on_error='skip' to ImageFolder"
+        ) from error
+    try:
         image = _decode_kornia(data) if data[:3] == _JPEG_MAGIC else None
         return image if image is not None else _decode_pillow(data)
-    except ImportError:
+    except (ImportError, MemoryError):
         raise
     except Exception as error:
-        raise OSError(
+        raise UnreadableImage(
             f"cannot read the image {os.fspath(path)!r}: {type(error).__name__}: {error}; "
             "fix or remove the file, or pass on_error='skip' to ImageFolder"
         ) from error
@@ -156,7 +174,8 @@ class ImageFolder(Dataset[tuple[torch.Tensor, int]]):
           read again. The marks are in shared memory: :attr:`skipped` and :attr:`skipped_files`,
           read in the main process, count the distinct files that any process sharing this dataset
           (its DataLoader workers, fork or spawn) found unreadable so far. A dataset with no
-          readable file raises ``OSError``.
+          readable file raises ``OSError``. Only a file that cannot be decoded (or is gone) is
+          skipped: a passing error (too many open files, an I/O error, out of memory) raises.
 
     The dataset holds no open file and no per-file Python object (the paths are one byte buffer),
     so it pickles small for spawned workers and forked workers do not copy it page by page.
@@ -292,11 +311,11 @@ class ImageFolder(Dataset[tuple[torch.Tensor, int]]):
                 continue
             try:
                 return read_image(self.path(j)), int(self._labels[j])
-            except OSError as error:
+            except UnreadableImage as error:  # not a passing error: that one raises
                 self._unreadable[j] = 1
                 reason = f"{error.__cause__ or error}"
                 warnings.warn(
-                    f"skipped the unreadable image {os.fspath(self.path(j))!r} ({reason}): sample {j} is the next "
+                    f"skipped the unreadable image {os.fspath(self.path(j))!r} ({reason}): sample {i} is the next "
                     "readable file instead; ImageFolder.skipped counts them",
                     stacklevel=2,
                 )

@@ -166,7 +166,8 @@ class _Ramp:
     """Bounds that move linearly from their start to their end values between steps ``first`` and ``last``.
 
     A bound going from ``a`` to ``b`` is ``a`` up to ``first``, ``b`` from ``last`` on, and in between
-    ``a + (b - a) * (step - first) / (last - first)``, rounded to the nearest multiple (halves up).
+    ``a + (b - a) * (step - first) / (last - first)``, rounded to the nearest multiple (halves up)
+    that lies between the smallest lower and the largest upper value, as a range's sizes do.
     """
 
     thresholds = None
@@ -179,19 +180,27 @@ class _Ramp:
                     f"lower must be <= upper at the ramp's {where}, got lower={low!r} and upper={high!r} there"
                 )
         self.lower, self.upper, self.first, self.last, self.multiple = lower, upper, first, last, multiple
-        smallest = _round_to(min(lower), 1, multiple)
-        largest = _round_to(max(upper), 1, multiple)
-        self.shapes: tuple[Shape, ...] = tuple((s, s) for s in range(smallest, largest + 1, multiple))
+        # The bounds round to the nearest multiple, but never leave [lower, upper]: as a range's do.
+        self.smallest = -(-min(lower) // multiple) * multiple
+        self.largest = max(upper) // multiple * multiple
+        if self.smallest > self.largest:
+            raise ValueError(
+                f"no multiple of {multiple} lies in [lower, upper] = [{min(lower)}, {max(upper)}]; "
+                "widen the range or lower `multiple`"
+            )
+        self.shapes: tuple[Shape, ...] = tuple((s, s) for s in range(self.smallest, self.largest + 1, multiple))
 
     def bound(self, ends: Shape, step: int) -> int:
-        """One bound at ``step``, rounded to the multiple."""
+        """One bound at ``step``, rounded to the multiple, inside the ramp's overall range."""
         start, end = ends
-        if step >= self.last:
-            return _round_to(end, 1, self.multiple)
-        if step <= self.first:
-            return _round_to(start, 1, self.multiple)
         span = self.last - self.first
-        return _round_to(start * span + (end - start) * (step - self.first), span, self.multiple)
+        if step >= self.last:
+            rounded = _round_to(end, 1, self.multiple)
+        elif step <= self.first:
+            rounded = _round_to(start, 1, self.multiple)
+        else:
+            rounded = _round_to(start * span + (end - start) * (step - self.first), span, self.multiple)
+        return min(max(rounded, self.smallest), self.largest)
 
     def shapes_at(self, step: int) -> tuple[Shape, ...]:
         low, high = self.bound(self.lower, step), self.bound(self.upper, step)
@@ -251,7 +260,8 @@ class MultiScalePolicy:
       ``weights[i] / sum(weights)``. Every side must be a multiple of ``multiple``.
     * **ramp** (``ramp=(first, last)``, ``lower``/``upper`` ints or ``(start, end)`` pairs): each bound
       moves linearly from its start value at step ``first`` to its end value at step ``last``
-      (held before and after), rounded to the nearest multiple (halves up); the draw is uniform
+      (held before and after), rounded to the nearest multiple (halves up) that stays within the
+      given values; the draw is uniform
       over the multiples between the two bounds. ``lower == upper`` is a pure ramp, FFCV's
       progressive resizing (160 to 192 between two epochs: ``lower=upper=(160, 192)``); wider bounds
       jitter around the ramp. With ``steps_per_epoch``, ``first`` and ``last`` are epochs.

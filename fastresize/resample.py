@@ -175,10 +175,10 @@ def resample_fields(
         masks = list(masks) if isinstance(masks, torch.Tensor) else masks
         resized_masks = crop_masks(masks, crops, size)
         out["masks"] = resized_masks if isinstance(images, list) else torch.stack(resized_masks)
-    if out.get("boxes") is not None:
-        out["boxes"] = crop_boxes(list(out["boxes"]), crops, size)
-    if out.get("keypoints") is not None:
-        out["keypoints"] = crop_keypoints(list(out["keypoints"]), crops, size)
+    for field, mapped in (("boxes", crop_boxes), ("keypoints", crop_keypoints)):
+        if out.get(field) is not None:
+            points = mapped(list(out[field]), crops, size)
+            out[field] = torch.stack(points) if isinstance(out[field], torch.Tensor) else points  # as given
     return out
 
 

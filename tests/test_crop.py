@@ -463,3 +463,14 @@ def test_crop_masks_batch_list(device):
 def test_bad_targets(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+def test_distributed_ranks_draw_their_random_crops_apart():
+    sizes = [(375, 500)] * 4
+    rank0, rank1 = CropPolicy("random", rank=0), CropPolicy("random", rank=1)
+    assert not torch.equal(rank0.boxes(100, sizes, (224, 224)), rank1.boxes(100, sizes, (224, 224)))
+    assert torch.equal(rank1.boxes(100, sizes, (224, 224)), CropPolicy("random", rank=1).boxes(100, sizes, (224, 224)))
+    assert CropPolicy("random").rank == 0  # no process group here
+    assert rank1.state_dict() == rank0.state_dict()  # not a setting: a resume may run on other ranks
+    with pytest.raises(ValueError, match=r"rank must be an int >= 0, got -1"):
+        CropPolicy("random", rank=-1)

@@ -88,8 +88,10 @@ def test_the_lines_go_to_stdout_by_default(capsys):
             "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
             "you tried to allocate 4503599627370496 bytes. Error code 12 (Cannot allocate memory)"
         ),
+        lambda: RuntimeError("cuDNN error: CUDNN_STATUS_NOT_SUPPORTED. This error may appear if you passed in a"),
+        lambda: RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"),
     ],
-    ids=["cuda", "python", "cpu"],
+    ids=["cuda", "python", "cpu", "cudnn", "cublas"],
 )
 def test_every_kind_of_out_of_memory_is_caught(error):
     found, lines = _find(FakeStep(max_area=96 * 96, error=error), MultiScalePolicy(64, 160, multiple=32))

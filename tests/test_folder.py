@@ -3,6 +3,7 @@ import pickle
 import re
 import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -328,3 +329,29 @@ def test_the_benchmark_folder_reads_back(tmp_path):
     assert all(20 <= h <= 40 and 20 <= w <= 40 and c == 3 for h, w, c in sizes) and len(sizes) > 1
     with pytest.raises(ValueError, match=r"need count >= 1, classes >= 1, 8 <= low <= high .* low=50, high=40"):
         make_jpeg_folder(tmp_path / "c", low=50, high=40)
+
+
+def test_a_passing_error_is_not_taken_for_an_unreadable_file(tmp_path, monkeypatch):
+    import errno
+
+    files = find_images(_corrupt(tmp_path))
+    dataset = ImageFolder(files=files, on_error="skip")
+    read = Path.read_bytes
+
+    def busy(self):
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(Path, "read_bytes", busy)
+    with pytest.raises(OSError, match=r"Too many open files"):
+        dataset[0]
+    monkeypatch.setattr(Path, "read_bytes", read)
+    assert dataset.skipped == 0 and dataset[0][0].dtype == torch.uint8
+
+
+def test_sixteen_bit_greyscale_keeps_its_top_eight_bits(tmp_path):
+    from PIL import Image
+
+    values = np.linspace(0, 65535, 2048).reshape(32, 64).astype(np.uint16)
+    Image.fromarray(values).save(tmp_path / "depth.png")
+    image = read_image(tmp_path / "depth.png")
+    assert image.shape == (32, 64, 3) and torch.equal(image[..., 0], torch.from_numpy((values >> 8).astype(np.uint8)))

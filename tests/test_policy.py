@@ -7,7 +7,7 @@ import sys
 from fractions import Fraction
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from fastresize import MultiScalePolicy
@@ -270,6 +270,14 @@ def _ramp_bound(start: int, end: int, first: int, last: int, step: int, multiple
     else:
         value = start + Fraction(end - start) * (step - first) / (last - first)
     return _round_half_up(value, multiple)
+
+
+def test_a_ramp_never_leaves_its_bounds():
+    policy = MultiScalePolicy((160, 200), (160, 200), ramp=(0, 10), max_first_steps=0)
+    assert policy.max_size == 192 and max(policy.side_for(s, s) for s in range(12)) == 192  # 200 rounds to 208
+    assert MultiScalePolicy((100, 200), (150, 200), ramp=(0, 10)).size_for(0, 9, None)[0] >= 112  # never 96
+    with pytest.raises(ValueError, match=r"no multiple of 64 lies in \[lower, upper\] = \[100, 120\]"):
+        MultiScalePolicy((100, 110), (110, 120), multiple=64, ramp=(0, 10))
 
 
 @pytest.mark.parametrize(
@@ -571,6 +579,8 @@ def test_bad_sizes_for_capped_and_output_size():
 )
 def test_ramp_sizes_are_always_allowed(lower, span, first, length, multiple, interval, step, global_step):
     upper = (lower[0] + span[0], lower[1] + span[1])
+    smallest, largest = -(-min(lower) // multiple) * multiple, max(upper) // multiple * multiple
+    assume(smallest <= largest)  # else no multiple lies in the bounds, which raises
     policy = MultiScalePolicy(lower, upper, multiple=multiple, ramp=(first, first + length), interval=interval)
     s = policy.side_for(step, global_step)
     assert s % multiple == 0 and s <= policy.max_size and (s, s) in policy.shapes
@@ -578,4 +588,4 @@ def test_ramp_sizes_are_always_allowed(lower, span, first, length, multiple, int
         assert s == policy.max_size
     else:
         assert (s, s) in policy.shapes_at(step)
-    assert policy.max_size == max(_round_half_up(Fraction(v), multiple) for v in upper)
+    assert policy.max_size == max(min(max(_round_half_up(Fraction(v), multiple), smallest), largest) for v in upper)

@@ -403,3 +403,13 @@ def test_a_random_crop_needs_the_calls_step():
         resize(images)
     assert not torch.equal(resize(images, step=1), resize(images, step=2))  # another step, another box
     assert torch.equal(resize.at(3)(images), resize(images, step=3))
+
+
+def test_the_crop_path_keeps_the_form_of_the_targets():
+    fmt = BatchFormat(image_key="image", boxes_key="boxes", keypoints_key="kp")
+    batch = {"image": torch.rand(2, 3, 16, 16), "boxes": torch.rand(2, 1, 4) * 8, "kp": torch.rand(2, 3, 2) * 8}
+    whole = BatchResize(32, format=fmt)(batch)
+    full = BatchResize(32, format=fmt, crop="full")(batch, step=0)
+    assert isinstance(full["boxes"], torch.Tensor) and isinstance(full["kp"], torch.Tensor)
+    torch.testing.assert_close(full["boxes"], whole["boxes"])  # the whole image, stretched: a plain resize
+    torch.testing.assert_close(full["kp"], whole["kp"])
