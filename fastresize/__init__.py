@@ -35,4 +35,4 @@ __all__ = [
     "functional",
     "wrap",
 ]
-__version__ = "0.2.0"
+__version__ = "0.3.0"

@@ -37,7 +37,7 @@ def _hand_over(batch: Any, copy: torch.cuda.Stream, consumer: torch.cuda.Stream)
     allocator from reusing it while the consumer may still read it.
     """
     consumer.wait_stream(copy)
-    _map_tensors(batch, lambda t: t.record_stream(consumer))
+    _map_tensors(batch, lambda t: t.record_stream(consumer) or t)  # the same tensors: nothing is rebuilt wrong
 
 
 class PrefetchPass:

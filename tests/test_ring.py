@@ -186,14 +186,16 @@ def test_batches_that_do_not_fit_take_the_plain_path():
     assert ring.counts == {"ring": 3, "plain": 2}
 
 
-def _ragged_batches(ring, sides, workers=2):
-    """(sizes, images, labels) of each batch, and the ring."""
+def _ragged_batches(ring, sides, workers=2, device="cpu"):
+    """(sizes, images, labels) of each batch, on the CPU, and the ring."""
     loader = DataLoader(
         Images(n=len(sides), sides=sides), batch_size=2, num_workers=workers, collate_fn=ResizeCollate()
     )
-    prefetcher = DevicePrefetcher(loader, "cpu", ring=ring)
+    prefetcher = DevicePrefetcher(loader, device, ring=ring)
     batches = []
     for images, labels in prefetcher:
+        assert images.device.type == torch.device(device).type
+        images, labels = images.to("cpu"), labels.cpu()
         if isinstance(images, RaggedImages):
             batches.append((images.sizes, [images.image(i) for i in range(len(images))], labels))
         else:
@@ -201,10 +203,11 @@ def _ragged_batches(ring, sides, workers=2):
     return batches, prefetcher.ring
 
 
-def test_ragged_batches_arrive_alike_through_the_ring_and_the_plain_path():
+@pytest.mark.parametrize("device", DEVICES)
+def test_ragged_batches_arrive_alike_through_the_ring_and_the_plain_path(device):
     sides = [8, 10, 8, 8, 12, 6, 9, 9]
-    plain, _ = _ragged_batches(False, sides)
-    ringed, ring = _ragged_batches(True, sides)
+    plain, _ = _ragged_batches(False, sides, device=device)
+    ringed, ring = _ragged_batches(True, sides, device=device)
     assert [sizes for sizes, _, _ in ringed] == [[(8, 8), (10, 10)], [(8, 8), (8, 8)], [(12, 12), (6, 6)], [(9, 9)] * 2]
     for (_, a, la), (_, b, lb) in zip(plain, ringed, strict=True):
         assert torch.equal(la, lb) and all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
