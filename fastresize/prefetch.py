@@ -37,7 +37,12 @@ def _hand_over(batch: Any, copy: torch.cuda.Stream, consumer: torch.cuda.Stream)
     allocator from reusing it while the consumer may still read it.
     """
     consumer.wait_stream(copy)
-    _map_tensors(batch, lambda t: t.record_stream(consumer) or t)  # the same tensors: nothing is rebuilt wrong
+
+    def record(tensor: torch.Tensor) -> torch.Tensor:
+        tensor.record_stream(consumer)
+        return tensor  # the walk rebuilds containers (ragged images) from what this returns
+
+    _map_tensors(batch, record)
 
 
 class PrefetchPass:
