@@ -229,16 +229,11 @@ class WorkerResample:
 
 def resample_blocker(loader: Any) -> str | None:
     """Return why the workers of ``loader`` cannot resample its batches, or ``None`` when they can."""
-    if not isinstance(loader, DataLoader):
-        return f"the loader is a {type(loader).__name__}, not a torch.utils.data.DataLoader"
-    from fastresize.collate import ResizeCollate  # imported here: the collate imports this module
+    from fastresize.ring import ring_blocker  # imported here: the ring imports the collate, which imports this
 
-    if not isinstance(loader.collate_fn, ResizeCollate):
-        return "the DataLoader's collate_fn is not a fastresize.ResizeCollate"
-    if loader.collate_fn.custom:
-        return "the ResizeCollate wraps a custom collate_fn, which must see the images as the dataset gives them"
-    if loader.batch_sampler is None:
-        return "the DataLoader does not batch (batch_size=None)"
+    blocker = ring_blocker(loader)  # the same needs: a batching DataLoader, torch's collate in a ResizeCollate
+    if blocker is not None:
+        return blocker
     if isinstance(loader.dataset, IterableDataset):
         return "its dataset is an IterableDataset, whose samples no index can carry a step to"
     if not getattr(loader, "in_order", True):

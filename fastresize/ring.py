@@ -370,7 +370,7 @@ def ring_blocker(loader: Any) -> str | None:
     if loader.collate_fn.custom:
         # The ring stacks the images itself: a custom collate (MixUp, CutMix, normalisation) would
         # then see stand-ins instead of the images, and its changes to them would be lost.
-        return "the ResizeCollate wraps a custom collate_fn, which must see the images (the ring stacks them itself)"
+        return "the ResizeCollate wraps a custom collate_fn, which must see the images as the dataset gives them"
     if loader.batch_sampler is None:
         return "the DataLoader does not batch (batch_size=None)"
     return None
