@@ -413,3 +413,15 @@ def test_the_crop_path_keeps_the_form_of_the_targets():
     assert isinstance(full["boxes"], torch.Tensor) and isinstance(full["kp"], torch.Tensor)
     torch.testing.assert_close(full["boxes"], whole["boxes"])  # the whole image, stretched: a plain resize
     torch.testing.assert_close(full["kp"], whole["kp"])
+
+
+def test_a_ragged_float_batch_is_range_checked_one_call_later():
+    from fastresize import RaggedImages
+
+    resize = BatchResize(policy=MultiScalePolicy(16, 32), value_range=(0, 1), dtype=torch.float32, crop="center")
+    good = RaggedImages.pack([torch.rand(3, 20, 30), torch.rand(3, 24, 18)])
+    bad = RaggedImages.pack([torch.rand(3, 20, 30) * 255, torch.rand(3, 24, 18) * 255])
+    assert resize.resize(good, step=10, global_step=10).images.shape == (2, 3, 32, 32)
+    resize.resize(bad, step=11, global_step=11)  # queued, not read yet
+    with pytest.raises(ValueError, match=r"they look like 0..255 data.*found in the batch of step 11"):
+        resize.resize(good, step=12, global_step=12)
