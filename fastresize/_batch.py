@@ -119,20 +119,14 @@ class BatchFormat:
         crop_key: Key | None = None,
     ) -> None:
         self.layout = check_layout(layout)
-        self.keys: dict[str, Key | None] = {
-            "images": _check_key("image_key", image_key),
-            "masks": _check_key("mask_key", mask_key),
-            "boxes": _check_key("boxes_key", boxes_key),
-            "keypoints": _check_key("keypoints_key", keypoints_key),
-            "crops": _check_key("crop_key", crop_key),
-        }
+        given = (image_key, mask_key, boxes_key, keypoints_key, crop_key)
+        self.keys = {field: _check_key(ARGUMENTS[field], key) for field, key in zip(ARGUMENTS, given, strict=True)}
         # Every batch of a loader has one structure: find the fields once per structure.
         self._located: dict[Any, dict[str, Key]] = {}
 
     @property
     def ragged(self) -> tuple[str, ...]:
-        """The declared fields kept per image by the collate: boxes and keypoints (a count of their own
-        per image) and crops."""
+        """The declared fields kept per image by the collate: boxes, keypoints (a count per image), crops."""
         return tuple(f for f in ("boxes", "keypoints", "crops") if self.keys[f] is not None)
 
     def nchw(self, images: Any, name: str = "images") -> torch.Tensor:
@@ -172,10 +166,8 @@ class BatchFormat:
 
     def split(self, batch: Any) -> Parts:
         """Take ``batch`` apart: its declared fields, and the rest of it with ``None`` where they were."""
-        where = self.locate(batch)
-        if not where:
-            return Parts({"images": batch}, None, self)
-        return Parts({field: batch[key] for field, key in where.items()}, self.put(batch, dict.fromkeys(where)), self)
+        fields = self.get(batch)
+        return Parts(fields, self.put(batch, dict.fromkeys(fields)), self)  # a bare batch's rest is None
 
     def get(self, batch: Any) -> dict[str, Any]:
         """Return ``{field: value}`` for the declared fields; a bare batch is all images."""

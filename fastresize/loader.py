@@ -15,7 +15,7 @@ from fastresize._checks import check_choice, check_device, check_int, check_load
 from fastresize.collate import ResizeCollate
 from fastresize.counter import StepCounter
 from fastresize.policy import MultiScalePolicy, SizePolicy
-from fastresize.prefetch import DevicePrefetcher, set_epoch
+from fastresize.prefetch import DevicePrefetcher, PassThrough
 from fastresize.resample import resample_blocker, stamped_loader
 from fastresize.stepping import Stepper, Watched, check_length, stepper_for
 from fastresize.transform import BatchResize
@@ -99,7 +99,7 @@ def _dataset_size(loader: Any) -> str:
         return "an unknown number of"
 
 
-class ResizeLoader:
+class ResizeLoader(PassThrough):
     """Wraps a DataLoader: moves each batch to the device, resizes it there, and keeps time.
 
     The loader owns the time: for batch ``i`` of the counter's epoch it reads the counter and gives
@@ -216,26 +216,6 @@ class ResizeLoader:
     # ---------------------------------------------------------------------------- pass-through
     def __len__(self) -> int:
         return self.counter.steps_per_epoch
-
-    @property
-    def dataset(self) -> Any:
-        """The wrapped loader's dataset."""
-        return self.loader.dataset
-
-    @property
-    def sampler(self) -> Any:
-        """The wrapped loader's sampler."""
-        return self.loader.sampler
-
-    @property
-    def batch_sampler(self) -> Any:
-        """The wrapped loader's batch sampler."""
-        return self.loader.batch_sampler
-
-    def set_epoch(self, epoch: int) -> None:
-        """Pass ``epoch`` to the sampler (e.g. a ``DistributedSampler``), the batch sampler and the
-        dataset, where they take it."""
-        set_epoch(self.loader, epoch)
 
     # ------------------------------------------------------------------------------- iteration
     def __iter__(self) -> EpochRun:
@@ -400,9 +380,7 @@ class EpochRun:
                 self.batches.close()
 
     def __del__(self) -> None:
-        # A loop left by `break` drops its iterator: the batch in hand is done, the workers stop.
-        if not self.closed:
-            self.close()
+        self.close()  # a loop left by `break` drops its iterator: the batch in hand is done, the workers stop
 
 
 def wrap(

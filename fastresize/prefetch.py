@@ -64,7 +64,6 @@ class PrefetchPass:
             if self.device.type == "cuda"
             else None
         )
-        self.ring = prefetcher.ring
         self.source: Generator[tuple[Any, Release | None], None, None] | RingPass | None = (
             ((batch, None) for batch in prefetcher.loader)
             if prefetcher.ring is None
@@ -148,7 +147,32 @@ class PrefetchPass:
             self.close()
 
 
-class DevicePrefetcher:
+class PassThrough:
+    """The wrapped ``loader``'s attributes that samplers, trainers and training loops look for."""
+
+    loader: Any
+
+    @property
+    def dataset(self) -> Any:
+        """The wrapped loader's dataset."""
+        return self.loader.dataset
+
+    @property
+    def sampler(self) -> Any:
+        """The wrapped loader's sampler."""
+        return self.loader.sampler
+
+    @property
+    def batch_sampler(self) -> Any:
+        """The wrapped loader's batch sampler."""
+        return self.loader.batch_sampler
+
+    def set_epoch(self, epoch: int) -> None:
+        """Pass ``epoch`` to the wrapped loader's sampler, batch sampler and dataset (see :func:`set_epoch`)."""
+        set_epoch(self.loader, epoch)
+
+
+class DevicePrefetcher(PassThrough):
     """Moves every tensor of each batch of ``loader`` to ``device``, one batch ahead.
 
     Like timm's ``PrefetchLoader``: on CUDA, batch ``i + 1`` is copied from page-locked memory with
@@ -209,25 +233,6 @@ class DevicePrefetcher:
     # ---------------------------------------------------------------------------- pass-through
     def __len__(self) -> int:
         return len(self.loader)
-
-    @property
-    def dataset(self) -> Any:
-        """The loader's dataset."""
-        return self.loader.dataset
-
-    @property
-    def sampler(self) -> Any:
-        """The loader's sampler."""
-        return self.loader.sampler
-
-    @property
-    def batch_sampler(self) -> Any:
-        """The loader's batch sampler."""
-        return self.loader.batch_sampler
-
-    def set_epoch(self, epoch: int) -> None:
-        """Pass ``epoch`` to the loader's sampler, batch sampler and dataset (see :func:`set_epoch`)."""
-        set_epoch(self.loader, epoch)
 
     # ------------------------------------------------------------------------------- iteration
     def __iter__(self) -> PrefetchPass:

@@ -138,10 +138,7 @@ def resample_fields(
         :func:`~fastresize.crop.crop_boxes`), and ``"crops"`` as given.
     """
     images = fields["images"]
-    if isinstance(images, RaggedImages):
-        sizes = images.sizes
-    else:
-        sizes = [_hw(image, layout) for image in images]
+    sizes = images.sizes if isinstance(images, RaggedImages) else [_hw(image, layout) for image in images]
     if crop is None:
         warnings.warn(
             "images of different sizes arrived with crop=None: such a batch is centre-cropped, while a batch "

@@ -19,11 +19,6 @@ different sizes, whose bytes vary from batch to batch; a partial one makes no sl
 batch (larger than the slots, or no free slot) takes the plain path, so what arrives is the same
 either way.
 
-The ring is self-contained: :class:`RingCollate` asks the collate to put the images into a slot and
-hands over a :class:`SlotHandle` in their place; :class:`RingPass`, one pass over the ring's loader
-in the main process, yields each batch with its images opened from their slot and the function
-that releases the slot once the images have been copied.
-
 How the slots are shared: each worker owns ``depth`` slots (``prefetch_factor + 2``: the DataLoader
 keeps at most ``prefetch_factor`` batches outstanding per worker, and the main process holds at most
 two whose copies may still run). A worker creates a slot on first use and sends its buffer along
@@ -188,12 +183,6 @@ class BatchRing:
             return SlotHandle(worker, slot, (images.data.numel(),), images.dtype, sent, ragged)
         return SlotHandle(worker, slot, tuple(images.shape), images.dtype, sent)
 
-    @staticmethod
-    def _view(buffer: torch.Tensor, handle: SlotHandle) -> torch.Tensor | RaggedImages:
-        count = math.prod(handle.shape)
-        view = buffer[: count * handle.dtype.itemsize].view(handle.dtype).view(handle.shape)
-        return view if handle.ragged is None else RaggedImages(view, *handle.ragged)
-
     def release(self, handle: SlotHandle) -> None:
         """Hand ``handle``'s slot back: its images have been copied (or were never used)."""
         self.free(handle.worker, handle.slot)
@@ -218,7 +207,8 @@ class BatchRing:
                 "report this as a bug, and pass ring=False to work around it"
             )
         self.counts["ring"] += 1
-        return self._view(buffer, handle)
+        view = buffer[: math.prod(handle.shape) * handle.dtype.itemsize].view(handle.dtype).view(handle.shape)
+        return view if handle.ragged is None else RaggedImages(view, *handle.ragged)
 
     def _hold(self, worker: int, slot: int, buffer: torch.Tensor) -> None:
         old = self.buffers[worker][slot]
@@ -342,11 +332,7 @@ class RingPass:
 
 
 class _ResetOnStart:
-    """A batch sampler that marks the ring's slots free when an epoch draws its first batch.
-
-    The DataLoader draws the first batch of an epoch only after its workers have finished (and it
-    has discarded) every batch a previous, interrupted epoch left outstanding.
-    """
+    """A batch sampler that marks the ring's slots free when an epoch draws its first batch (see the module)."""
 
     def __init__(self, batch_sampler: Any, ring: BatchRing) -> None:
         self.batch_sampler = batch_sampler

@@ -108,9 +108,6 @@ class WarmbootStepper(Watched):
 
     calls = "scheduler.step_batch() and scheduler.step()"
 
-    def __init__(self, scheduler: CosineAnnealingWarmbootingLR) -> None:
-        super().__init__(scheduler)
-
     def progress(self) -> Any:
         scheduler = self.scheduler
         return None if scheduler.counter is not None else (scheduler._epochs_done, scheduler._batches_done)
@@ -124,9 +121,6 @@ class WarmbootStepper(Watched):
 
 class PerBatchStepper(Watched):
     """A torch ``LRScheduler`` stepped once per batch: ``OneCycleLR``, ``LambdaLR``, ``CosineAnnealingLR``..."""
-
-    def __init__(self, scheduler: LRScheduler) -> None:
-        super().__init__(scheduler)
 
     def progress(self) -> Any:
         return self.scheduler.last_epoch
@@ -161,10 +155,6 @@ class TimmStepper(Watched):
 
     def _after_epoch(self) -> None:
         self.scheduler.step(epoch=self.counter.epoch)
-
-
-def _is_timm(scheduler: Any) -> bool:
-    return callable(getattr(scheduler, "step_update", None)) and callable(getattr(scheduler, "step", None))
 
 
 def stepper_for(scheduler: Any, counter: StepCounter) -> Stepper:
@@ -202,7 +192,7 @@ def stepper_for(scheduler: Any, counter: StepCounter) -> Stepper:
         return PerBatchStepper(scheduler)
     if isinstance(scheduler, Stepper):
         return scheduler
-    if _is_timm(scheduler):
+    if callable(getattr(scheduler, "step_update", None)) and callable(getattr(scheduler, "step", None)):
         return TimmStepper(scheduler, counter)
     raise TypeError(
         f"scheduler must be a CosineAnnealingWarmbootingLR, a torch LRScheduler stepped per batch, a timm "
