@@ -192,6 +192,8 @@ class ResizeCollate:
         shapes = sorted({tuple(image.shape) for image in images})
         if len({image.dtype for image in images}) > 1:
             return default_collate(images)  # it promotes them to one dtype; a slot holds one
+        if first.device.type != "cpu" or first.layout != torch.strided:
+            allocate = None  # shared slots hold dense CPU memory; a GPU-resident dataset stays on its device
         if len(shapes) == 1:
             nbytes = first.nbytes * len(images)
             buffer = None if allocate is None else allocate(nbytes, len(images), False)
@@ -209,7 +211,10 @@ class ResizeCollate:
         count = RaggedImages.numel_of(images)
         nbytes = count * first.element_size()
         buffer = None if allocate is None else allocate(nbytes, len(images), True)
-        out = _shared(count, first.dtype) if buffer is None else buffer[:nbytes].view(first.dtype)
+        if buffer is not None:
+            out: torch.Tensor | None = buffer[:nbytes].view(first.dtype)
+        else:
+            out = _shared(count, first.dtype) if first.device.type == "cpu" else None
         return RaggedImages.pack(images, layout, out=out)
 
     def __repr__(self) -> str:

@@ -164,3 +164,13 @@ def test_images_of_one_shape_and_mixed_dtypes_are_promoted_as_torch_does():
     assert parts.fields["images"].dtype == torch.float32 and torch.equal(
         parts.fields["images"], ResizeCollate()(samples)
     )
+
+
+@pytest.mark.cuda
+def test_gpu_resident_images_are_collated_on_their_device():
+    dense = [torch.zeros(3, 8, 8, device="cuda"), torch.ones(3, 8, 8, device="cuda")]
+    ragged = [torch.zeros(3, 8, 8, device="cuda"), torch.ones(3, 6, 9, device="cuda")]
+    slot = torch.empty(4096, dtype=torch.uint8)
+    parts = ResizeCollate().split(dense, lambda nbytes, count, is_ragged: slot)
+    assert parts.fields["images"].is_cuda  # not stacked into the CPU slot
+    assert ResizeCollate()(ragged).data.is_cuda
