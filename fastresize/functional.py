@@ -198,6 +198,36 @@ def _kernel_check(
     return failure
 
 
+def _kernel_runs(
+    images: torch.Tensor,
+    probe_like: torch.Tensor,
+    mode: str,
+    antialias: bool,
+    out_dtype: torch.dtype,
+    affine: tuple[float, float],
+    clamp: Any,
+    backend: str,
+) -> bool:
+    """Whether a call with ``backend`` runs on the Triton kernel (both kernels share this rule).
+
+    ``"auto"`` uses it on the devices of :data:`_AUTO_DEVICES` where it can run and its self-check
+    (:func:`_kernel_check`, on a batch laid out as ``probe_like``) passed; ``"triton"`` insists.
+
+    Raises:
+        ValueError: ``backend="triton"`` where the kernel cannot run; the message says why.
+    """
+    if backend == "torch":
+        return False
+    refusal = _triton_refusal(images, antialias, out_dtype)
+    if refusal is None and (backend == "triton" or images.device.type in _AUTO_DEVICES):
+        refusal = _kernel_check(probe_like, mode, out_dtype, affine, clamp)
+        if refusal is None:
+            return True
+    if backend == "triton":
+        raise ValueError(f"backend='triton' cannot run this call: {refusal}; use backend='auto' or 'torch'")
+    return False
+
+
 def _value_map(
     in_dtype: torch.dtype, out_dtype: torch.dtype, value_range: tuple[float, float] | None
 ) -> tuple[float, float, tuple[float, float] | None]:
@@ -329,16 +359,10 @@ def _resize(
     same_size = tuple(images.shape[-2:]) == size
     if same_size and out_dtype == images.dtype and (clamp is None or out_dtype == torch.uint8):
         return images.detach().contiguous()  # a copy only where the input is NHWC
-    if backend != "torch":
-        mode = "nearest" if same_size else interpolation
-        refusal = _triton_refusal(images, antialias, out_dtype)
-        if refusal is None and (backend == "triton" or images.device.type in _AUTO_DEVICES):
-            refusal = _kernel_check(images, mode, out_dtype, (scale, offset), clamp)
-            if refusal is None:
-                kernel = _triton()
-                return kernel.resize(images.detach(), size, mode, out_dtype, (scale, offset), clamp)  # type: ignore[union-attr,no-any-return]
-        if backend == "triton":
-            raise ValueError(f"backend='triton' cannot run this call: {refusal}; use backend='auto' or 'torch'")
+    mode = "nearest" if same_size else interpolation
+    if _kernel_runs(images, images, mode, antialias, out_dtype, (scale, offset), clamp, backend):
+        kernel = _triton()
+        return kernel.resize(images.detach(), size, mode, out_dtype, (scale, offset), clamp)  # type: ignore[union-attr,no-any-return]
     with torch.no_grad():
         return _resize_torch(images, size, interpolation, antialias, out_dtype, scale, offset, clamp)
 

@@ -18,16 +18,7 @@ import torch
 
 from fastresize._batch import LAYOUTS, check_layout, to_nchw
 from fastresize._checks import check_choice, check_int, check_size
-from fastresize.functional import (
-    _AUTO_DEVICES,
-    IMAGE_DTYPES,
-    _check_flags,
-    _kernel_check,
-    _resize_torch,
-    _triton,
-    _triton_refusal,
-    _value_map,
-)
+from fastresize.functional import IMAGE_DTYPES, _check_flags, _kernel_runs, _resize_torch, _triton, _value_map
 
 
 def _check_images(images: Any, layout: str) -> list[torch.Tensor]:
@@ -438,28 +429,23 @@ def resized_crop(
     scale, offset, clamp = _value_map(data.dtype, out_dtype, flags["value_range"])
     if len(checked) == 0 or channels == 0:
         return torch.empty((len(checked), channels, *out_size), dtype=out_dtype, device=data.device)
-    if backend != "torch":
-        copies = all(_is_whole(b) and (b[3] - b[1], b[2] - b[0]) == out_size for b in checked)
-        mode = "nearest" if copies else interpolation
-        refusal = _triton_refusal(data, antialias, out_dtype)
-        if refusal is None and (backend == "triton" or data.device.type in _AUTO_DEVICES):
-            # The dense kernel's self-check, on an image's own strides: both kernels share their code.
-            refusal = _kernel_check(_image(images, data, 0)[None], mode, out_dtype, (scale, offset), clamp)
-            if refusal is None:
-                kernel = _triton()
-                return kernel.crop_resize(  # type: ignore[union-attr,no-any-return]
-                    data.detach(),
-                    _placements(images, data),
-                    checked,
-                    channels,
-                    out_size,
-                    mode,
-                    out_dtype,
-                    (scale, offset),
-                    clamp,
-                )
-        if backend == "triton":
-            raise ValueError(f"backend='triton' cannot run this call: {refusal}; use backend='auto' or 'torch'")
+    copies = all(_is_whole(b) and (b[3] - b[1], b[2] - b[0]) == out_size for b in checked)
+    mode = "nearest" if copies else interpolation
+    # The dense kernel's self-check, on an image's own strides: both kernels share their code.
+    probe_like = _image(images, data, 0)[None]
+    if _kernel_runs(data, probe_like, mode, antialias, out_dtype, (scale, offset), clamp, backend):
+        kernel = _triton()
+        return kernel.crop_resize(  # type: ignore[union-attr,no-any-return]
+            data.detach(),
+            _placements(images, data),
+            checked,
+            channels,
+            out_size,
+            mode,
+            out_dtype,
+            (scale, offset),
+            clamp,
+        )
     value_map = (scale, offset, clamp)
     with torch.no_grad():
         crops = [
