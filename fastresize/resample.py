@@ -245,12 +245,13 @@ def stamped_loader(loader: DataLoader[Any], counter: StepCounter, transform: Any
     batch sampler stamps each batch with its step from ``counter``, its dataset passes the stamps
     on, and its collate (a copy of ``loader``'s) resamples.
     """
-    clone = copy.copy(loader)
-    # DataLoader refuses to set these after construction; the copy is still private here.
-    object.__setattr__(clone, "_iterator", None)
-    object.__setattr__(clone, "dataset", StampedDataset(loader.dataset))
-    object.__setattr__(clone, "batch_sampler", StampBatches(loader.batch_sampler, counter))
+    from fastresize.ring import private_copy  # imported here: the ring imports the collate, which imports this
+
     collate: ResizeCollate = copy.copy(loader.collate_fn)  # type: ignore[assignment]
     collate.resample = WorkerResample(transform)
-    clone.collate_fn = collate
-    return clone
+    return private_copy(
+        loader,
+        dataset=StampedDataset(loader.dataset),
+        batch_sampler=StampBatches(loader.batch_sampler, counter),
+        collate_fn=collate,
+    )

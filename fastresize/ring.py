@@ -371,9 +371,19 @@ def ring_loader(loader: DataLoader[Any], *, pin: bool) -> tuple[DataLoader[Any],
     """
     depth = (loader.prefetch_factor or 1) + 2
     ring = BatchRing(loader.num_workers, depth, loader.batch_size or 1, pin=pin)
+    collate = RingCollate(loader.collate_fn, ring)  # type: ignore[arg-type]  # ring_blocker checked it
+    return private_copy(loader, batch_sampler=_ResetOnStart(loader.batch_sampler, ring), collate_fn=collate), ring
+
+
+def private_copy(loader: DataLoader[Any], **replaced: Any) -> DataLoader[Any]:
+    """A copy of ``loader`` with the attributes in ``replaced`` set, and no iterator of its own yet.
+
+    It shares everything else (dataset, samplers, settings) with ``loader``, which stays untouched,
+    and starts its own workers.
+    """
     clone = copy.copy(loader)
-    # DataLoader refuses to set these after construction; the copy is still private here.
+    # DataLoader refuses to set some of these after construction; the copy is still private here.
     object.__setattr__(clone, "_iterator", None)
-    object.__setattr__(clone, "batch_sampler", _ResetOnStart(loader.batch_sampler, ring))
-    clone.collate_fn = RingCollate(loader.collate_fn, ring)  # type: ignore[arg-type]
-    return clone, ring
+    for name, value in replaced.items():
+        object.__setattr__(clone, name, value)
+    return clone
