@@ -161,9 +161,10 @@ def resample_fields(
     out = dict(fields)
     if isinstance(images, list):
         # In a worker: one image at a time, handed back in its own layout for the collate to stack.
-        resized = [resized_crop(image[None], boxes[i : i + 1], size, layout=layout, **settings)[0] for i, image in
-                   enumerate(images)]  # fmt: skip
-        out["images"] = [image.permute(1, 2, 0) for image in resized] if layout == "NHWC" else resized
+        out["images"] = []
+        for i, image in enumerate(images):
+            resized = resized_crop(image[None], boxes[i : i + 1], size, layout=layout, **settings)[0]
+            out["images"].append(resized.permute(1, 2, 0) if layout == "NHWC" else resized)
     else:
         out["images"] = resized_crop(images, boxes, size, layout=layout, **settings)
     crops = [boxes[i] for i in range(len(sizes))]
@@ -210,8 +211,8 @@ class WorkerResample:
             return fields
         layout = transform.format.layout
         height, width = _hw(images[0], layout)
-        size = transform.target_size((len(images), 0, height, width), step=stamp.absolute_step,
-                                     global_step=stamp.global_step)  # fmt: skip
+        shape = (len(images), 0, height, width)
+        size = transform.target_size(shape, step=stamp.absolute_step, global_step=stamp.global_step)
         return resample_fields(
             fields,
             size,

@@ -366,12 +366,11 @@ class BatchResize(GeometricAugmentationBase2D):
         step = 0 if step is None else step
         fields = {"images": images, "masks": masks, "boxes": boxes, "keypoints": keypoints, "crops": crops}
         given = {field: value for field, value in fields.items() if value is not None}
-        settings = {key: self.flags[key] for key in ("interpolation", "antialias", "value_range", "dtype", "backend")}
         out = self._checked(
             values,
             step,
             global_step,
-            lambda: resample_fields(given, out_size, step, self.crop, layout=layout, **settings),
+            lambda: resample_fields(given, out_size, step, self.crop, layout=layout, **self.flags),
         )
         return ResizedBatch(**{field: out.get(field) for field in ResizedBatch._fields})
 

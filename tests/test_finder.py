@@ -211,20 +211,18 @@ def _run_child(device, answer):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_DATA caps mmap only on Linux")
 @pytest.mark.parametrize("answer", [128, 192])
-def test_under_a_memory_cap_on_cpu_the_largest_size_that_fits(answer):
-    result = _run_child("cpu", answer)
+@pytest.mark.parametrize(
+    ("device", "error"),
+    [
+        ("cpu", "DefaultCPUAllocator: can't allocate memory"),
+        pytest.param("cuda", "OutOfMemoryError", marks=pytest.mark.cuda),
+    ],
+    ids=["cpu", "cuda"],
+)
+def test_under_a_memory_cap_the_largest_size_that_fits(device, error, answer):
+    result = _run_child(device, answer)
     assert result["size"] == answer, result["lines"]
     assert result["sizes"] == list(range(64, answer + 1, 32))
     tried = {line.split(": ")[2]: line for line in result["lines"]}
     assert tried[f"{answer}x{answer}"].endswith("fits")
-    assert "DefaultCPUAllocator: can't allocate memory" in tried[f"{answer + 32}x{answer + 32}"]
-
-
-@pytest.mark.cuda
-@pytest.mark.parametrize("answer", [128, 192])
-def test_under_a_memory_cap_on_cuda_the_largest_size_that_fits(answer):
-    result = _run_child("cuda", answer)
-    assert result["size"] == answer, result["lines"]
-    assert result["sizes"] == list(range(64, answer + 1, 32))
-    tried = {line.split(": ")[2]: line for line in result["lines"]}
-    assert "OutOfMemoryError" in tried[f"{answer + 32}x{answer + 32}"]
+    assert error in tried[f"{answer + 32}x{answer + 32}"]
